@@ -20,7 +20,9 @@
 # a backbone is trained on never show a concept instance.
 #
 # `make_benchmark` writes the world in the real on-disk formats, which the project's own readers
-# ([Benchmarks in their real formats](02_data.ipynb)) load with no special case.
+# ([Benchmarks in their real formats](01_data.ipynb)) load with no special case. The next chapter,
+# [world-tiny](00_world_tiny.ipynb), trains the embedded CLIP on the generic scenes and measures
+# it: its training curve, its zero-shot quality and its caption recall on the world's pools.
 
 # %%
 #| default_exp world

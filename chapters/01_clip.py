@@ -163,6 +163,24 @@ def save_safetensors_backbone(bb:Backbone, # the backbone to store
     return Path(path)
 
 
+# %% [markdown]
+# A backbone may leave a large *frozen* tensor out of its file and record how to regenerate it
+# instead: the embedded backbone's token table is a seeded random initialisation that training never
+# changes (metadata `token_embedding = {"init": "normal(0, 0.02)", "seed": ...}`).
+
+# %%
+#| export
+def frozen_token_embedding(vocab:int, width:int, seed:int)->torch.Tensor:
+    "A frozen token embedding table: N(0, 0.02²) drawn by a CPU generator seeded with `seed`."
+    return torch.randn(vocab, width, generator=torch.Generator().manual_seed(seed)) * 0.02
+
+
+# %%
+fe = frozen_token_embedding(100, 8, seed=3)
+test_eq(fe, frozen_token_embedding(100, 8, seed=3))
+assert abs(fe.std().item() - 0.02) < 0.005
+
+
 # %%
 #| export
 def load_safetensors_backbone(path:str|Path, # a file written by `save_safetensors_backbone`
@@ -178,7 +196,11 @@ def load_safetensors_backbone(path:str|Path, # a file written by `save_safetenso
     if meta.get('format') != 'polar-nb/backbone-1': raise ValueError(f"{path} is not a polar-nb backbone file")
     cfg = json.loads(meta['model_cfg'])
     model = oc.CLIP(**cfg)
-    model.load_state_dict(load_file(str(path)))
+    sd = load_file(str(path))
+    if 'token_embedding' in meta:  # a frozen table the file does not store: regenerate it from its seed
+        t = cfg['text_cfg']
+        sd['token_embedding.weight'] = frozen_token_embedding(t['vocab_size'], t['width'], json.loads(meta['token_embedding'])['seed'])
+    model.load_state_dict(sd)
     v, t = cfg['vision_cfg'], cfg['text_cfg']
     pre = oc.image_transform(v['image_size'], is_train=False)
     tok = oc.tokenizer.SimpleTokenizer(context_length=t.get('context_length', 77))

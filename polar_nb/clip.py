@@ -6,8 +6,8 @@ Docs: https://polar-nb.github.io/polar-nb/clip.html.md"""
 
 # %% auto #0
 __all__ = ['OPEN_CLIP_DEFAULTS', 'BACKBONES', 'EMBEDDED', 'Backbone', 'register_backbone', 'load_backbone',
-           'save_safetensors_backbone', 'load_safetensors_backbone', 'data_dir', 'tokenize', 'eot_positions',
-           'token_id', 'fingerprint', 'image_features']
+           'save_safetensors_backbone', 'frozen_token_embedding', 'load_safetensors_backbone', 'data_dir', 'tokenize',
+           'eot_positions', 'token_id', 'fingerprint', 'image_features']
 
 # %% ../nbs/01_clip.ipynb #d0c5e59b
 import hashlib, io, json, logging, os, re
@@ -103,6 +103,11 @@ def save_safetensors_backbone(bb:Backbone, # the backbone to store
     return Path(path)
 
 # %% ../nbs/01_clip.ipynb #7e8adb02
+def frozen_token_embedding(vocab:int, width:int, seed:int)->torch.Tensor:
+    "A frozen token embedding table: N(0, 0.02²) drawn by a CPU generator seeded with `seed`."
+    return torch.randn(vocab, width, generator=torch.Generator().manual_seed(seed)) * 0.02
+
+# %% ../nbs/01_clip.ipynb #e18cf17b
 def load_safetensors_backbone(path:str|Path, # a file written by `save_safetensors_backbone`
                               name:str|None=None, # the backbone's name (default: the one stored)
                               device:str='cpu',
@@ -116,7 +121,11 @@ def load_safetensors_backbone(path:str|Path, # a file written by `save_safetenso
     if meta.get('format') != 'polar-nb/backbone-1': raise ValueError(f"{path} is not a polar-nb backbone file")
     cfg = json.loads(meta['model_cfg'])
     model = oc.CLIP(**cfg)
-    model.load_state_dict(load_file(str(path)))
+    sd = load_file(str(path))
+    if 'token_embedding' in meta:  # a frozen table the file does not store: regenerate it from its seed
+        t = cfg['text_cfg']
+        sd['token_embedding.weight'] = frozen_token_embedding(t['vocab_size'], t['width'], json.loads(meta['token_embedding'])['seed'])
+    model.load_state_dict(sd)
     v, t = cfg['vision_cfg'], cfg['text_cfg']
     pre = oc.image_transform(v['image_size'], is_train=False)
     tok = oc.tokenizer.SimpleTokenizer(context_length=t.get('context_length', 77))

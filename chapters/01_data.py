@@ -19,7 +19,7 @@
 # Every query is a `Query`: its text holds one `*` per concept, and each method fills the `*`s its
 # own way (POLAR with `sks`, a text-only baseline with a description). Annotations are read without
 # touching an image, so a user with cached features, or without the photos yet, can still load a
-# benchmark. The metrics that rank the pool live in [Retrieval metrics](05_metrics.ipynb).
+# benchmark. The metrics that rank the pool live in [Retrieval metrics](02_metrics.ipynb).
 
 # %%
 #| default_exp data

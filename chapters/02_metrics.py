@@ -109,7 +109,7 @@ m
 # ## Many queries
 #
 # `metrics_table` takes a score matrix (one row per query, one column per pool image) and the
-# queries, either `Query` objects (from [Benchmarks in their real formats](02_data.ipynb)) or plain
+# queries, either `Query` objects (from [Benchmarks in their real formats](01_data.ipynb)) or plain
 # lists of positives. A query with `candidates` ranks only those pool images: its scores and
 # positives are taken on that part of the pool. The result has one row per query.
 
