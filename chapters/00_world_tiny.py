@@ -5,10 +5,11 @@
 
 # %% [markdown]
 # No pretrained CLIP can reach the machines this book runs on, so the package trains its own on
-# the world of the previous chapter. It is a real open_clip `CLIP` (ViT image tower, transformer
-# text tower with the standard BPE tokenizer, so `sks` is one token), small enough to train on a
-# CPU and to ship in `data/` as safetensors. Its text tower has six layers, so the layer ablations
-# of the paper have somewhere to go.
+# the world of the previous chapter. It is a real open_clip `CLIP` (a ResNet image tower, open_clip's
+# `ModifiedResNet` as in OpenAI's RN50 CLIP, and a transformer text tower with the standard BPE
+# tokenizer, so `sks` is one token), small enough to train on a CPU and to ship in `data/` as
+# safetensors. Its text tower has six layers, so the layer ablations of the paper have somewhere to
+# go.
 #
 # It only ever sees *generic* scenes (`polar_nb.world.generic_scenes`): the personal concepts'
 # attribute combinations are excluded from them, so what POLAR learns about a concept is not
@@ -43,12 +44,28 @@ from polar_nb.clip import frozen_token_embedding, Backbone
 # that the loader regenerates, and not stored: random vectors of this width are nearly orthogonal,
 # so they identify tokens as well as learned ones do for a transformer that learns on top of them.
 # Everything else is trained and stored.
+#
+# It is trained in two stages. The first uses a small ViT image tower (`WORLD_TINY_VIT_CFG`: 64 px
+# images in 8 px patches, 4 layers of width 192); its text tower learns the captions' language, but
+# its image tower learns the places and the colours and not the shapes: after 500 steps a linear
+# probe of the main object's class on its image features is at chance. The shapes are not the
+# contrastive loss's fault: the same ViT tower trained *with class labels* on the same scenes is still
+# at chance after 300 steps, while a smaller ResNet (open_clip's `ModifiedResNet`, four stages of one
+# block, width 16: 1.36 M parameters against 1.85 M) learns them from step 150 on, at a quarter of
+# the cost per step
+# (measured when this backbone was designed; the chapter measures the shipped one below). The second
+# stage therefore keeps the first stage's text tower and trains it with that ResNet as image tower
+# (`WORLD_TINY_CFG`, the shipped architecture).
 
 # %%
 #| export
-WORLD_TINY_CFG = dict(
+WORLD_TINY_VIT_CFG = dict(  # first stage: a ViT image tower
     embed_dim=128,
     vision_cfg=dict(image_size=64, patch_size=8, width=192, layers=4, head_width=48, mlp_ratio=4.0),
+    text_cfg=dict(context_length=32, vocab_size=49408, width=192, heads=4, layers=6))
+WORLD_TINY_CFG = dict(  # the shipped backbone: the same text tower, a ResNet image tower
+    embed_dim=128,
+    vision_cfg=dict(image_size=64, layers=[1, 1, 1, 1], width=16, head_width=64),
     text_cfg=dict(context_length=32, vocab_size=49408, width=192, heads=4, layers=6))
 TOKEN_SEED = 1234  # seed of the frozen token embedding
 
@@ -70,8 +87,11 @@ def build_world_tiny(seed:int=0, cfg:dict=WORLD_TINY_CFG):
 # %%
 m = build_world_tiny()
 n_train = sum(p.numel() for p in m.parameters() if p.requires_grad)
-test_eq(len(m.transformer.resblocks), 6)
-print(f"trainable parameters: {n_train/1e6:.2f} M (token table, frozen: {m.token_embedding.weight.numel()/1e6:.2f} M)")
+n_vis = sum(p.numel() for p in m.visual.parameters())
+test_eq(len(m.transformer.resblocks), 6); test_eq(type(m.visual).__name__, 'ModifiedResNet')
+test_eq(type(build_world_tiny(cfg=WORLD_TINY_VIT_CFG).visual).__name__, 'VisionTransformer')
+print(f"trainable parameters: {n_train/1e6:.2f} M, of which the image tower {n_vis/1e6:.2f} M "
+      f"(token table, frozen: {m.token_embedding.weight.numel()/1e6:.2f} M)")
 
 # %% [markdown]
 # ## Training data
@@ -236,6 +256,42 @@ idx = _draw(np.random.default_rng(0), 2000, 24, gc, 3)
 test_eq(len(set(idx)), 24); test_eq(sorted(np.unique(gc[idx], return_counts=True)[1]), [8, 8, 8])
 
 
+# %% [markdown]
+# A stage starts from the previous one's weights. When the image tower changes between stages, only
+# the rest (the text tower, the token table, the temperature) carries over and the new image tower
+# starts from its seeded initialisation:
+
+# %%
+#| export
+def load_init(model, init:dict)->list[str]:
+    "Load `init` into `model`: everything if the image towers match, else all but the image tower. Returns the names left at their initialisation."
+    own = model.state_dict()
+    same_vision = all(k in init and init[k].shape == v.shape for k, v in own.items() if k.startswith('visual.'))
+    take = {k: v for k, v in init.items() if k in own and (same_vision or not k.startswith('visual.'))}
+    bad = [k for k, v in take.items() if v.shape != own[k].shape]
+    if bad: raise ValueError(f"the initial weights do not fit this model: {bad[:3]} have other shapes")
+    missing = [k for k in own if k not in take]
+    if any(not k.startswith('visual.') for k in missing):
+        raise ValueError(f"the initial weights lack {[k for k in missing if not k.startswith('visual.')][:3]}")
+    model.load_state_dict({**own, **take})
+    return missing
+
+def _vision_tag(cfg:dict)->str:
+    "'' for the first stage's ViT image tower, '-rn<width>' for a ResNet one (checkpoint names)."
+    v = cfg['vision_cfg']
+    return f"-rn{v['width']}" if isinstance(v['layers'], (list, tuple)) else ''
+
+
+# %%
+vit, rn = build_world_tiny(cfg=WORLD_TINY_VIT_CFG), build_world_tiny(seed=1)
+left = load_init(rn, vit.state_dict())
+test_eq(all(k.startswith('visual.') for k in left), True); test_eq(len(left), len(rn.visual.state_dict()))
+test_eq(torch.equal(rn.transformer.resblocks[0].attn.in_proj_weight, vit.transformer.resblocks[0].attn.in_proj_weight), True)
+test_eq(load_init(build_world_tiny(seed=2), rn.state_dict()), [])
+test_fail(lambda: load_init(rn, {k: v for k, v in vit.state_dict().items() if k != 'ln_final.weight'}), contains='lack')
+test_eq((_vision_tag(WORLD_TINY_CFG), _vision_tag(WORLD_TINY_VIT_CFG)), ('-rn16', ''))
+
+
 # %%
 #| export
 def train_world_tiny(steps:int=600, # optimisation steps
@@ -245,7 +301,8 @@ def train_world_tiny(steps:int=600, # optimisation steps
                      seed:int=0, # seeds the initialisation, the scene bank and the batches
                      group_by:str|None=None, # draw batches from a few groups of scenes: 'place' or 'place+colour' (None: the whole bank)
                      groups:int=2, # groups per batch, in equal parts (with `group_by`)
-                     init:dict|None=None, # a state dict to start from (a previous stage) instead of a fresh model
+                     init:dict|None=None, # a state dict to start from (a previous stage); see `load_init`
+                     cfg:dict|None=None, # the open_clip configuration (default: `WORLD_TINY_CFG`)
                      ckpt:Path|None=None, # checkpoint file (default: in the settings' cache_dir); resumed if present
                      every:int=25, # checkpoint period, in steps
                      threads:int|None=None, # torch CPU threads (None: torch's default)
@@ -257,10 +314,11 @@ def train_world_tiny(steps:int=600, # optimisation steps
     oc = import_open_clip(); tok = oc.tokenizer.SimpleTokenizer(context_length=WORLD_TINY_CFG['text_cfg']['context_length'])
     imgs, caps = scene_bank(n_scenes, seed=seed)
     labels = scene_groups(n_scenes, seed, group_by) if group_by else None
-    model = build_world_tiny(seed)
-    if init is not None: model.load_state_dict(init)
+    cfg = cfg or WORLD_TINY_CFG
+    model = build_world_tiny(seed, cfg)
+    if init is not None: load_init(model, init)
     model.train(); opt = _optimizer(model, lr, wd)
-    tag = f'-{group_by}{groups}'.replace('+', '-') if group_by else ''
+    tag = _vision_tag(cfg) + (f'-{group_by}{groups}'.replace('+', '-') if group_by else '')
     ckpt = Path(ckpt or get_settings().cache_dir/'world_tiny'/f'train-s{seed}-{steps}x{batch}{tag}{"-init" if init else ""}.pt')
     hist, start = [], 0
     if ckpt.exists():
@@ -388,7 +446,7 @@ def zero_shot_accuracy(bb, imgs:np.ndarray, scenes:list)->dict:
 # %% [markdown]
 # ## Training the shipped backbone
 #
-# This is the run behind `data/world-tiny.safetensors` (`slow`: about 40 minutes on two CPU cores,
+# This is the run behind `data/world-tiny.safetensors` (`slow`: about 50 minutes on two CPU cores,
 # a few minutes on a GPU). Its POLAR defaults are chosen on the world's PerVL *validation* split in
 # the chapter on baselines' runner (see `choose_defaults` below), never on a test split.
 
@@ -406,40 +464,51 @@ def world_tiny_path()->Path:
 # The paper's λ = 0.35 was tuned for ViT-L/14. For world-tiny, λ, the iterations and the learning
 # rate are chosen on the world's PerVL **validation** split: every combination of a small grid is
 # scored by the evaluation runner (context mRR and concept-only mAP, averaged), and each concept's
-# update is applied to the split's VLM captions to measure what it costs the encoder's general
-# knowledge. The best combination whose mean caption-recall@10 drop stays within `max_drop` wins.
+# update is applied to the captions of a held-out set of concept-free scenes (500 by default) to
+# measure what it costs the encoder's general knowledge: the drop of caption→image recall@10. The
+# best combination whose mean drop stays within `max_drop` (0.02 by default) is shipped.
+#
+# An earlier version measured that drop on the validation split's own VLM captions. Its pool is too
+# small (80 photos in the small profile): recall@10 sits near 1 whatever the update does, so λ = 0
+# looked free (mean drop 0.008) while the same defaults cost 0.17 of recall@10 on a 344-photo
+# ConCon-Chi pool.
 
 # %%
 #| export
-DEFAULTS_GRID = dict(lam=(0.0, 0.01, 0.02, 0.05, 0.1), lr=(1e-2, 3e-2), iters=(50, 150))
+DEFAULTS_GRID = dict(lam=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35), lr=(1e-2, 3e-2), iters=(50, 150))
 
 def defaults_search(bb, # the backbone to tune POLAR for
                     grid:dict=DEFAULTS_GRID, # values of lam, lr and iters to try (every combination)
                     seed:int=0, # seed of the validation world's photos
                     profile:str='small', # its size
+                    gk:int=500, # size of the held-out generic caption→image set the general-knowledge drop is measured on
                     root:Path|None=None, # where to write it (default: a temporary folder)
                     progress:bool=False,
                    )->pd.DataFrame:
     "Score POLAR with every combination of `grid` on the world's PerVL validation split: one row per combination."
     import itertools, tempfile
-    from polar_nb.world import make_benchmark
+    from PIL import Image
+    from polar_nb.world import make_benchmark, generic_retrieval
     from polar_nb.data import PerVLDeepFashion2
-    from polar_nb.baselines import Polar, evaluate, general_knowledge
+    from polar_nb.clip import image_features
+    from polar_nb.baselines import Polar, evaluate, caption_recall
     with tempfile.TemporaryDirectory() as d:
         val = PerVLDeepFashion2(make_benchmark(Path(root or d)/'pervl', 'pervl', seed=seed, profile=profile), 'validation')
-        rows = []
+        imgs, caps = generic_retrieval(gk, seed)  # concept-free scenes, a stream training never draws from
+        pool = image_features(bb, [Image.fromarray(i) for i in imgs], cache=False, progress=False)
+        base, rows = caption_recall(bb, caps, pool), []
         for lam, lr, iters in itertools.product(grid['lam'], grid['lr'], grid['iters']):
             m = Polar(lam=lam, lr=lr, iters=iters)
             s = evaluate(m, val, bb, cache=Path(d)/'cache').set_index('split')
-            g = general_knowledge(m, val, bb, cache=Path(d)/'cache')
+            drops = base - np.array([caption_recall(bb, caps, pool, m.text_updates(c)) for c in val.concepts])
             rows.append(dict(lam=lam, lr=lr, iters=iters, context_mrr=s.loc['context-all', 'mrr'], concept_map=s.loc['concept', 'map'],
-                             gk_mean_drop=g.loc[0, 'mean_drop'], gk_worst_drop=g.loc[0, 'worst_drop']))
+                             gk_mean_drop=drops.mean(), gk_worst_drop=drops.max()))
             if progress: print(rows[-1], flush=True)
     t = pd.DataFrame(rows)
     return t.assign(score=(t.context_mrr + t.concept_map) / 2)
 
 def choose_defaults(search:pd.DataFrame, # `defaults_search`'s table
-                    max_drop:float=0.01, # largest mean drop of VLM-caption recall@10 allowed
+                    max_drop:float=0.02, # largest mean drop of caption recall@10 allowed
                    )->dict:
     "The best-scoring combination whose mean general-knowledge drop is at most `max_drop`: {lam, iters, lr}."
     ok = search[search.gk_mean_drop <= max_drop]
@@ -455,26 +524,28 @@ test_eq(choose_defaults(demo, max_drop=0.05)['lam'], 0.0)
 test_fail(lambda: choose_defaults(demo, max_drop=-1), contains='widen the grid')
 
 # %% [markdown]
-# The training run and the search (`slow`): 500 steps of 192 pairs on 20,000 scenes (about 25
-# minutes on two CPU cores), then the search (a few minutes). The search table is stored in the
-# weights file with the defaults and the training history.
+# The training run and the search (`slow`): the first stage, 500 steps of 192 pairs on 20,000 scenes
+# with the ViT image tower (about 25 minutes on two CPU cores), then the second, 1,200 steps with the
+# ResNet image tower and the first stage's text tower (about 22 minutes), then the search. The search
+# table is stored in the weights file with the defaults and the training history of both stages.
 #
-# A second stage on batches of four (place, colour) groups was tried from these weights and not
-# shipped: after 240 more steps its image features still did not separate the object classes (a
-# linear probe of the main object's class on held-out scenes: 0.089, chance 0.067, against 0.086
-# before) and its held-out caption recall@1 moved from 0.165 to 0.172. Shapes are what this
-# backbone learns least; the chapters' numbers carry that limit.
+# Two other second stages were tried from the first stage's weights, keeping its ViT image tower, and
+# not shipped: 240 steps on batches of four (place, colour) groups, and 175 more steps of the plain
+# recipe. Neither taught the ViT the shapes (held-out zero-shot class accuracy 0.086 before, 0.097
+# after the longer one; chance 0.067).
 
 # %%
 #| slow
 # NBVAL_SKIP
-TRAIN = dict(steps=500, batch=192, n_scenes=20000, lr=1e-3, wd=0.1, warmup=50, seed=0)
-model, history = train_world_tiny(**TRAIN)
+STAGES = [dict(steps=500, batch=192, n_scenes=20000, lr=1e-3, wd=0.1, warmup=50, seed=0),   # ViT image tower
+          dict(steps=1200, batch=192, n_scenes=20000, lr=1e-3, wd=0.1, warmup=25, seed=0)]  # ResNet image tower
+vit_model, h1 = train_world_tiny(cfg=WORLD_TINY_VIT_CFG, **STAGES[0])
+model, h2 = train_world_tiny(cfg=WORLD_TINY_CFG, init=vit_model.state_dict(), **STAGES[1])
 oc = import_open_clip()
 trained = Backbone(model, oc.tokenizer.SimpleTokenizer(context_length=32), oc.image_transform(64, is_train=False), 'world-tiny')
 search = defaults_search(trained, progress=True)
 defaults = choose_defaults(search)
-save_world_tiny(model, world_tiny_path(), defaults, history, TRAIN, search)
+save_world_tiny(model, world_tiny_path(), defaults, h1 + h2, dict(batch=192, stages=STAGES, vision=['vit', 'resnet']), search)
 defaults
 
 # %% [markdown]
@@ -499,18 +570,33 @@ import matplotlib.pyplot as plt
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.plot(hist, lw=.6, alpha=.5, label='per step'); ax.plot(np.arange(10, len(hist)-9), np.convolve(hist, np.ones(20)/20, 'valid'), label='mean of 20')
 ax.axhline(math.log(train['batch']), ls=':', c='k', label='chance (log batch)')
+if 'stages' in train: ax.axvline(train['stages'][0]['steps'], c='tab:red', lw=.8, label='ResNet image tower from here')
 ax.set_xlabel('step'); ax.set_ylabel('contrastive loss'); ax.legend(); ax.set_title('world-tiny training'); fig.tight_layout()
 
 # %% [markdown]
-# POLAR's defaults came from this search on the PerVL validation split (the best rows by score, the
-# mean of context mRR and concept-only mAP; `gk_mean_drop` is the mean drop of VLM-caption
-# recall@10 over the split's concepts):
+# POLAR's defaults came from this search on the PerVL validation split (`score` is the mean of
+# context mRR and concept-only mAP; `gk_mean_drop` and `gk_worst_drop` are the mean and the largest
+# drop of caption→image recall@10 on the held-out generic scenes, over the split's concepts). The
+# whole grid, by λ:
 
 # %%
 search = pd.read_json(io.StringIO(meta['defaults_search']))
-print(f"{len(search)} combinations; chosen: {bb.defaults} (mean caption-recall drop at most 0.01)")
+print(f"{len(search)} combinations; chosen: {bb.defaults} (mean caption-recall drop at most 0.02)")
 test_eq(choose_defaults(search), bb.defaults)
-search.assign(allowed=search.gk_mean_drop <= 0.01).sort_values('score', ascending=False).head(10).round(4)
+search.assign(allowed=search.gk_mean_drop <= 0.02).sort_values(['lam', 'lr', 'iters']).round(4)
+
+# %% [markdown]
+# The grid is a trade-off, not a free choice: every λ that lets the update learn the concept well
+# costs the encoder general knowledge. On this backbone the update's row direction `A` cannot single
+# out `sks`: the last layer's inputs of all tokens share a large common direction, so an `A` that
+# reads `sks` also reads every other token, and a `B` large enough to move the prompts moves every
+# caption. The best row under the bound and the best row regardless of it:
+
+# %%
+best_free = search.sort_values('score', ascending=False).iloc[0]
+best_ok = search[search.gk_mean_drop <= 0.02].sort_values('score', ascending=False).iloc[0]
+pd.DataFrame([best_ok, best_free], index=['shipped (drop ≤ 0.02)', 'best score, any drop'])[
+    ['lam', 'lr', 'iters', 'context_mrr', 'concept_map', 'gk_mean_drop', 'score']].round(4)
 
 # %% [markdown]
 # Caption→image retrieval and zero-shot classification on 1,000 held-out generic scenes:
