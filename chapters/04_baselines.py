@@ -836,12 +836,11 @@ seeds.pivot_table(index=['seed', 'profile', 'pool'], columns='claim', values='ma
 
 # %% [markdown]
 # What these margins say depends on λ. The shipped λ was chosen on the validation split as the best
-# setting whose general-knowledge cost stays within 0.02 of caption recall@10 (the world-tiny
-# chapter shows the whole search). On world-tiny that bound leaves the update little room: it keeps
-# general knowledge, and learns little more than the class name does, while blending the mean
-# support image with the text wins the context queries. A smaller λ learns the concepts (larger
-# concept-only margins) and pays for it in general knowledge; the world shows the trade-off POLAR's
-# regulariser controls, and on this backbone the search found no λ that has both.
+# setting whose general-knowledge cost stays within 0.02 of caption recall@10 on held-out generic
+# scenes (the world-tiny chapter shows the whole search). A smaller λ learns the concepts better and
+# moves more captions; a larger one keeps the encoder and learns little more than the class name.
+# Before the backbone's last training stage taught its text tower to keep unseen words apart, no λ
+# had both: the update of `sks` moved every caption.
 
 # %% [markdown]
 # ## Personalisation time (Tab. 16)
