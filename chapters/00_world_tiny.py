@@ -585,8 +585,8 @@ test_fail(lambda: choose_defaults(demo, max_drop=-1), contains='widen the grid')
 # %% [markdown]
 # The training run and the search (`slow`): the first stage, 500 steps of 192 pairs on 20,000 scenes
 # with the ViT image tower (about 25 minutes on two CPU cores), then the second, 1,200 steps with the
-# ResNet image tower and the first stage's text tower (about 24 minutes), then the third, 150 steps
-# with 64 unseen-word prompt pairs beside each batch (about 4 minutes), then the search. The search
+# ResNet image tower and the first stage's text tower (about 24 minutes), then the third, 300 steps
+# with 128 unseen-word prompt pairs beside each batch (about 9 minutes), then the search. The search
 # table is stored in the weights file with the defaults and the training history of the three
 # stages (the image-caption loss; the third stage's text-to-text loss is not in it).
 #
