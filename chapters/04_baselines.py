@@ -395,7 +395,7 @@ test_eq(pol.counts, dict(trained=3, loaded=0))
 again = Polar(iters=iters).fit(bb, few, cache)
 test_eq(again.counts, dict(trained=0, loaded=3))
 for c in few.ids: assert torch.equal(again.updates[c].B, pol.updates[c].B)
-test_eq(Polar(iters=iters, lam=0.0).fit(bb, few, cache).counts['trained'], 3)  # other hyper-parameters: a new key
+test_eq(Polar(iters=iters, lam=bb.defaults['lam'] + 0.1).fit(bb, few, cache).counts['trained'], 3)  # other hyper-parameters: a new key
 pol.updates[5]
 
 # %% [markdown]
@@ -839,8 +839,9 @@ seeds.pivot_table(index=['seed', 'profile', 'pool'], columns='claim', values='ma
 # setting whose general-knowledge cost stays within 0.02 of caption recall@10 on held-out generic
 # scenes (the world-tiny chapter shows the whole search). A smaller λ learns the concepts better and
 # moves more captions; a larger one keeps the encoder and learns little more than the class name.
-# Before the backbone's last training stage taught its text tower to keep unseen words apart, no λ
-# had both: the update of `sks` moved every caption.
+# Before the backbone's last two training stages taught its text tower to keep unseen words apart
+# and its last layer's token states from sharing one direction, no λ had both: the update of `sks`
+# moved every caption.
 
 # %% [markdown]
 # ## Personalisation time (Tab. 16)

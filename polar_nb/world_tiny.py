@@ -7,9 +7,9 @@ Docs: https://polar-nb.github.io/polar-nb/world_tiny.html.md"""
 # %% auto #0
 __all__ = ['WORLD_TINY_VIT_CFG', 'WORLD_TINY_CFG', 'TOKEN_SEED', 'MEAN', 'STD', 'RESERVED_TOKENS', 'NAME_CONTEXTS',
            'DEFAULTS_GRID', 'build_world_tiny', 'to_pixels', 'scene_bank', 'encode_text_bucketed', 'clip_loss',
-           'scene_groups', 'load_init', 'name_pool', 'name_loss', 'train_world_tiny', 'save_world_tiny', 'image_feats',
-           'text_feats', 'caption_recall', 'zero_shot_accuracy', 'world_tiny_path', 'defaults_search',
-           'choose_defaults']
+           'scene_groups', 'load_init', 'name_pool', 'name_loss', 'shared_direction', 'update_share',
+           'train_world_tiny', 'save_world_tiny', 'image_feats', 'text_feats', 'caption_recall', 'zero_shot_accuracy',
+           'world_tiny_path', 'defaults_search', 'choose_defaults']
 
 # %% ../nbs/00_world_tiny.ipynb #935fa033
 import io, json, math, time
@@ -75,29 +75,37 @@ def scene_bank(n:int, # number of scenes
     return np.concatenate(imgs), caps
 
 # %% ../nbs/00_world_tiny.ipynb #047f2b91
-def _encode_trimmed(model, tokens:torch.Tensor)->torch.Tensor:
+def _encode_trimmed(model, tokens:torch.Tensor, states:list|None=None)->torch.Tensor:
     "open_clip's `encode_text` on `tokens` cut after the last EOT: the same result, less work."
     L = int(tokens.argmax(-1).max()) + 1
     x = model.token_embedding(tokens[:, :L]) + model.positional_embedding[:L]
-    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:L, :L]))
+    ln = model.transformer.resblocks[-1].ln_1
+    hook = None if states is None else ln.register_forward_hook(lambda m, i, o: states.append((o, tokens[:, :L] != 0)))
+    try: x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:L, :L]))
+    finally:
+        if hook is not None: hook.remove()
     return x[torch.arange(len(x)), tokens[:, :L].argmax(-1)] @ model.text_projection
 
-def encode_text_bucketed(model, tokens:torch.Tensor, bounds=(12, 20))->torch.Tensor:
+def encode_text_bucketed(model, tokens:torch.Tensor, bounds=(12, 20),
+                         states:list|None=None, # if a list: (last layer's V inputs, mask of real tokens) of each group are appended
+                        )->torch.Tensor:
     "Text features of `tokens`, encoded in groups of similar length (exact, see `_encode_trimmed`)."
     eot, out = tokens.argmax(-1), None
     edges = [-1, *bounds, tokens.shape[1]]
     for lo, hi in zip(edges[:-1], edges[1:]):
         idx = ((eot > lo) & (eot <= hi)).nonzero().flatten()
         if len(idx) == 0: continue
-        f = _encode_trimmed(model, tokens[idx])
+        f = _encode_trimmed(model, tokens[idx], states)
         if out is None: out = f.new_empty(len(tokens), f.shape[1])
         out[idx] = f
     return out
 
 # %% ../nbs/00_world_tiny.ipynb #488aa65e
-def clip_loss(model, pixels:torch.Tensor, tokens:torch.Tensor)->torch.Tensor:
+def clip_loss(model, pixels:torch.Tensor, tokens:torch.Tensor,
+              states:list|None=None, # passed to `encode_text_bucketed`
+             )->torch.Tensor:
     "The symmetric InfoNCE loss of CLIP on one batch of matching (image, text) pairs."
-    i = F.normalize(model.encode_image(pixels), dim=-1); t = F.normalize(encode_text_bucketed(model, tokens), dim=-1)
+    i = F.normalize(model.encode_image(pixels), dim=-1); t = F.normalize(encode_text_bucketed(model, tokens, states=states), dim=-1)
     logits = model.logit_scale.exp().clamp(max=100) * i @ t.T
     y = torch.arange(len(i))
     return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
@@ -183,6 +191,26 @@ def name_loss(model, tok, r:np.random.Generator, pool:list[str], n:int)->torch.T
     return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
 
 # %% ../nbs/00_world_tiny.ipynb #328826f5
+def shared_direction(states:list, # (states [n, L, d], mask of real tokens [n, L]) pairs, as `encode_text_bucketed` collects them
+                    )->torch.Tensor:
+    "Squared norm of the mean of the L2-normalised states of all real tokens: 0 when no direction is shared, 1 when all are one."
+    X = torch.cat([F.normalize(o, dim=-1)[m] for o, m in states])
+    return X.mean(0).pow(2).sum()
+
+# %% ../nbs/00_world_tiny.ipynb #6dcc1953
+def update_share(bb, # a backbone
+                 texts:list[str], # ordinary captions
+                 token:str='sks', # the concept token
+                 prompts:list[str]|None=None, # templates with `*` (default: POLAR's)
+                )->float:
+    "Mean a·x̄ of `texts` over that of `token`'s prompts; a: the unit mean x̄ of the prompts (the last layer's V inputs the EOT reads)."
+    from polar_nb.polar import eot_summaries, training_prompts, TEMPLATES
+    from polar_nb.clip import tokenize
+    P = eot_summaries(bb, tokenize(bb, training_prompts(len(prompts or TEMPLATES), token, prompts)))['X']
+    a = F.normalize(P.mean((0, 1)), dim=0)
+    return ((eot_summaries(bb, tokenize(bb, texts))['X'] @ a).mean() / (P @ a).mean()).item()
+
+# %% ../nbs/00_world_tiny.ipynb #9d2117d7
 def train_world_tiny(steps:int=600, # optimisation steps
                      batch:int=256, # (image, caption) pairs per step
                      n_scenes:int=30000, # size of the scene bank
@@ -193,6 +221,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
                      init:dict|None=None, # a state dict to start from (a previous stage); see `load_init`
                      names:int=0, # prompt pairs per step that share an unseen word (`name_loss`; 0: none)
                      names_weight:float=1.0, # weight of that loss
+                     iso:float=0.0, # weight of `shared_direction` of the last text layer's V inputs on the batch's captions (0: none)
                      cfg:dict|None=None, # the open_clip configuration (default: `WORLD_TINY_CFG`)
                      ckpt:Path|None=None, # checkpoint file (default: in the settings' cache_dir); resumed if present
                      every:int=25, # checkpoint period, in steps
@@ -209,7 +238,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
     model = build_world_tiny(seed, cfg)
     if init is not None: load_init(model, init)
     model.train(); opt = _optimizer(model, lr, wd)
-    tag = _vision_tag(cfg) + (f'-{group_by}{groups}'.replace('+', '-') if group_by else '') + (f'-names{names}' if names else '')
+    tag = _vision_tag(cfg) + (f'-{group_by}{groups}'.replace('+', '-') if group_by else '') + (f'-names{names}' if names else '') + (f'-iso{iso:g}' if iso else '')
     pool = name_pool(tok, caps) if names else None
     ckpt = Path(ckpt or get_settings().cache_dir/'world_tiny'/f'train-s{seed}-{steps}x{batch}{tag}{"-init" if init else ""}.pt')
     hist, start = [], 0
@@ -222,8 +251,10 @@ def train_world_tiny(steps:int=600, # optimisation steps
         idx = _draw(r, len(imgs), batch, labels, groups)
         texts = [caps[i][r.integers(len(caps[i]))] for i in idx]
         for g in opt.param_groups: g['lr'] = _lr_at(step, steps, lr, warmup)
-        loss = clip_loss(model, to_pixels(imgs[idx]), tok(texts))
-        total = loss + names_weight * name_loss(model, tok, r, pool, names) if names else loss
+        states = [] if iso else None
+        loss = clip_loss(model, to_pixels(imgs[idx]), tok(texts), states)
+        total = loss + iso * shared_direction(states) if iso else loss
+        if names: total = total + names_weight * name_loss(model, tok, r, pool, names)
         opt.zero_grad(); total.backward(); opt.step(); hist.append(loss.item())
         if (step+1) % every == 0 or step+1 == steps:
             torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), hist=hist, step=step+1), ckpt.with_suffix('.tmp'))
