@@ -362,9 +362,10 @@ print(len(_pool), 'candidate names, e.g.', _pool[1000:1005], f'; untrained loss 
 #
 # The third stage made `sks` a word of its own, but not yet a word apart. Measured on its weights,
 # the inputs of the last layer's V projection (the states a rank-1 update reads, one unit-norm `A`
-# against each token's state) shared one large direction: most words of the captions (`on`,
-# `lamp`, `white`, `with`, …) had a cosine of 0.3 to 0.65 with it. An update trained on `sks`'s prompts picks
-# up that direction too, so each concept's update shifts every caption's embedding by about the same
+# against each token's state) shared one large direction: most words of a world's VLM captions
+# (`on`, `lamp`, `white`, `with`, …) had a cosine of 0.3 to 0.65 with the direction an update of
+# `sks` reads (a few, such as `red`, near 0). An update trained on `sks`'s prompts picks up that
+# direction too, so each concept's update shifts every caption's embedding by about the same
 # vector (their shifts had a mean pairwise cosine of 0.91) and a mean drop of caption recall@10 of
 # 0.023 to 0.032 on three of six ConCon-Chi-format worlds. A 6-layer, 192-wide tower trained on a
 # small grammar is anisotropic where a large CLIP trained on the web's captions has room to spare.
@@ -675,9 +676,9 @@ test_fail(lambda: choose_defaults(demo, max_drop=-1), contains='widen the grid')
 # image-caption loss; the text-to-text loss and the penalty are not in it).
 #
 # Two other fourth stages were tried from the third stage's weights, and not shipped: 100 steps at
-# weight 10 (the update's input shared with captions fell from 0.31 to 0.16 of what it takes from
-# its own prompts, the mean caption-recall drop on world seed 4 stayed at 0.023), and 100 steps
-# penalising the whole second moment of the states instead of their mean (shared part 0.13, mean
+# weight 10 (`update_share` on world seed 7's VLM captions fell from 0.31 to 0.16; the mean
+# caption-recall drop on world seed 4 stayed at 0.023), and 100 steps penalising the whole second
+# moment of the states instead of their mean (`update_share` 0.13 on the same captions, mean
 # drops 0.017, 0.009 and 0.016 on world seeds 4, 5 and 1, against 0.005, 0.003 and 0.008 for the
 # shipped stage, all at λ = 0.01).
 #
