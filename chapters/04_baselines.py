@@ -862,7 +862,7 @@ seeds.pivot_table(index=['seed', 'profile', 'pool'], columns='claim', values='ma
 pol_all = methods[-1]  # POLAR of the table above, fitted on all 20 concepts
 e0 = encode_text(bb, ['A photo of sks.'])[0]
 E1 = torch.stack([encode_text(bb, ['A photo of sks.'], pol_all.text_updates(c))[0] for c in cs.ids])
-means = torch.stack([F.normalize(cs.feats[c].mean(0), dim=-1) for c in cs.ids])
+means = torch.stack([support_mean(cs, [c]) for c in cs.ids]); mean_of = dict(zip(cs.ids, means))
 shifts, off = E1 - e0, ~torch.eye(len(cs.ids), dtype=torch.bool)
 pairs = sorted({tuple(q.concepts) for q in bench.queries('context') if len(set(q.concepts)) == 2})
 two = torch.stack([encode_text(bb, ['A photo of sks next to sks.'], pol_all.text_updates(a) + pol_all.text_updates(b))[0] for a, b in pairs])
@@ -873,10 +873,9 @@ near = pd.DataFrame([dict(measure='prompt before any update: cosine to the suppo
                      dict(measure='one update: cosine to its concept\'s support mean', value=(E1 * means).sum(-1).mean().item()),
                      dict(measure='one update: cosine to the other concepts\' support means', value=(E1 @ means.T)[off].mean().item()),
                      dict(measure=f'two updates summed ("A photo of sks next to sks.", {len(pairs)} pairs): cosine to each concept\'s support mean',
-                          value=torch.stack([two[i] @ means[cs.ids.index(c)] for i, p in enumerate(pairs) for c in p]).mean().item()),
-                     dict(measure='AvgIm+Text\'s image side for the same pairs (the normalised sum of both means): cosine to each',
-                          value=torch.stack([F.normalize(means[cs.ids.index(a)] + means[cs.ids.index(b)], dim=0) @ means[cs.ids.index(c)]
-                                             for a, b in pairs for c in (a, b)]).mean().item())])
+                          value=torch.stack([two[i] @ mean_of[c] for i, p in enumerate(pairs) for c in p]).mean().item()),
+                     dict(measure='AvgIm+Text\'s image side for the same pairs (`support_mean` of both): cosine to each concept\'s support mean',
+                          value=torch.stack([support_mean(cs, p) @ mean_of[c] for p in pairs for c in p]).mean().item())])
 assert near.value.abs().le(2).all() and len(pairs) > 0
 near.round(3)
 
@@ -889,8 +888,8 @@ near.round(3)
 # world's context margin goes: in the seeds table POLAR is level with or ahead of AvgIm+Text on
 # single-concept queries, and behind on two-concept queries in every row (eight per world in the
 # `small` profile, so that column is noisy; forty in the `full` one). Neither a larger λ nor a
-# shorter run mended it when this section was written: on four seeds whose overall margin was negative (2, 3, 6 and 7), the
-# mean two-concept margin was −0.29 with the shipped defaults, −0.39 with λ = 0.01, −0.13 with
+# shorter run mended it when this section was written: on four seeds whose overall margin was
+# negative (2, 3, 6 and 7), the mean two-concept margin was −0.29 with the shipped defaults, −0.39 with λ = 0.01, −0.13 with
 # 50 iterations and −0.16 with lr 0.003, and the overall context margin was lower with each of
 # these than with the defaults. Nor did moving the prompt nearer the photos. A fifth training
 # stage on captions that name their object by a word training never uses (the first object noun
