@@ -12,7 +12,7 @@ __all__ = ['SPLITS', 'fill', 'file_hash', 'ConceptSet', 'concept_set', 'Method',
 
 # %% ../nbs/04_baselines.ipynb #69f7a1aa
 import hashlib, json, os, re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn
@@ -159,9 +159,12 @@ class Polar(Method):
                  token:str='sks', # the concept token, shared by all concepts
                  word:str|None=None, # how a `*` is written (see `concept_word`)
                  templates:list[str]|None=None, # training templates with `*` (default: `TEMPLATES`)
+                 combine:str='sum', # a query's k concepts' updates: 'sum' (the paper) or 'mean' (each ΔW times 1/k)
                  **kw, # other arguments of `personalize`: rank, param, layer, seed, exact, optimizer, ...
                 ):
-        self.hp, self.token, self.word, self.templates = dict(lam=lam, iters=iters, lr=lr, **kw), token, word, templates
+        if combine not in ('sum', 'mean'): raise ValueError(f"combine must be 'sum' or 'mean', not {combine!r}")
+        if combine == 'mean': self.name = 'POLAR (mean of updates)'
+        self.hp, self.token, self.word, self.templates, self.combine = dict(lam=lam, iters=iters, lr=lr, **kw), token, word, templates, combine
         self.updates, self.words, self.counts = {}, {}, dict(trained=0, loaded=0)
 
     def resolved(self, bb:Backbone)->dict:
@@ -191,6 +194,7 @@ class Polar(Method):
         for i,q in enumerate(queries): groups.setdefault(tuple(dict.fromkeys(q.concepts)), []).append(i)
         for cc, idx in groups.items():
             ups = [u for c in cc for u in self.text_updates(c)]
+            if self.combine == 'mean' and len(cc) > 1: ups = [replace(u, B=u.B / len(cc)) for u in ups]
             out[idx] = encode_text(bb, [fill(queries[i].text, [self.words[c] for c in queries[i].concepts]) for i in idx], ups)
         return out
 

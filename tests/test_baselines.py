@@ -102,6 +102,18 @@ def test_polar_multi_concept_sums_updates(bb, cs, multi, monkeypatch):
     pol.embed(bb, [multi], cs)
     assert seen == [[pol.updates[0], pol.updates[1]]]
 
+def test_polar_mean_combination(bb, cs, multi, queries):
+    "combine='mean' halves each of two concepts' ΔW, leaves single-concept queries alone, shares the trained updates' cache."
+    pol = Polar(iters=20, lr=5e-2, lam=0.0).fit(bb, cs, cache=False)
+    avg = Polar(iters=20, lr=5e-2, lam=0.0, combine='mean'); avg.updates, avg.words = pol.updates, pol.words
+    halves = [LowRankUpdate(u.A, u.B / 2, u.param, u.layer, u.token, u.backbone, u.width) for u in (pol.updates[0], pol.updates[1])]
+    assert torch.allclose(avg.embed(bb, [multi], cs)[0], encode_text(bb, 'sks next to sks', halves)[0], atol=1e-6)
+    assert not torch.allclose(avg.embed(bb, [multi], cs), pol.embed(bb, [multi], cs), atol=1e-4)
+    single = [q for q in queries if len(set(q.concepts)) == 1]
+    assert single and torch.allclose(avg.embed(bb, single, cs), pol.embed(bb, single, cs), atol=1e-6)
+    assert avg.name != pol.name and torch.equal(pol.updates[0].B, halves[0].B * 2)  # the trained updates are not touched
+    with pytest.raises(ValueError, match="'sum' or 'mean'"): Polar(combine='product')
+
 def _counting(monkeypatch, name):
     calls, real = [], getattr(B, name)
     monkeypatch.setattr(B, name, lambda *a, **k: calls.append(1) or real(*a, **k))
