@@ -193,10 +193,14 @@ class Polar(Method):
         out, groups = torch.zeros(len(queries), bb.embed_dim), {}
         for i,q in enumerate(queries): groups.setdefault(tuple(dict.fromkeys(q.concepts)), []).append(i)
         for cc, idx in groups.items():
-            ups = [u for c in cc for u in self.text_updates(c)]
-            if self.combine == 'mean' and len(cc) > 1: ups = [replace(u, B=u.B / len(cc)) for u in ups]
-            out[idx] = encode_text(bb, [fill(queries[i].text, [self.words[c] for c in queries[i].concepts]) for i in idx], ups)
+            out[idx] = encode_text(bb, [fill(queries[i].text, [self.words[c] for c in queries[i].concepts]) for i in idx], self.query_updates(cc))
         return out
+
+    def query_updates(self, concepts)->list:
+        "The updates a query holding `concepts` is encoded with: theirs, each ΔW divided by their number if `combine='mean'`."
+        cc = list(dict.fromkeys(concepts))
+        ups = [u for c in cc for u in self.text_updates(c)]
+        return [replace(u, B=u.B / len(cc)) for u in ups] if self.combine == 'mean' and len(cc) > 1 else ups
 
 # %% ../nbs/04_baselines.ipynb #5e2bcf91
 def encode_with_vectors(bb:Backbone, # the backbone

@@ -102,7 +102,7 @@ def test_polar_multi_concept_sums_updates(bb, cs, multi, monkeypatch):
     pol.embed(bb, [multi], cs)
     assert seen == [[pol.updates[0], pol.updates[1]]]
 
-def test_polar_mean_combination(bb, cs, multi, queries):
+def test_polar_mean_combination(bb, cs, multi, queries, tmp_path):
     "combine='mean' halves each of two concepts' ΔW, leaves single-concept queries alone, shares the trained updates' cache."
     pol = Polar(iters=20, lr=5e-2, lam=0.0).fit(bb, cs, cache=False)
     avg = Polar(iters=20, lr=5e-2, lam=0.0, combine='mean'); avg.updates, avg.words = pol.updates, pol.words
@@ -113,6 +113,8 @@ def test_polar_mean_combination(bb, cs, multi, queries):
     assert single and torch.allclose(avg.embed(bb, single, cs), pol.embed(bb, single, cs), atol=1e-6)
     assert avg.name != pol.name and torch.equal(pol.updates[0].B, halves[0].B * 2)  # the trained updates are not touched
     with pytest.raises(ValueError, match="'sum' or 'mean'"): Polar(combine='product')
+    Polar(iters=3).fit(bb, cs, cache=tmp_path)
+    assert Polar(iters=3, combine='mean').fit(bb, cs, cache=tmp_path).counts == dict(trained=0, loaded=len(cs.ids))
 
 def _counting(monkeypatch, name):
     calls, real = [], getattr(B, name)
