@@ -1198,14 +1198,44 @@ plt.show()
 # `vlm_captions.json` follows POLAR's `conconchi_llava_captions.json`: `{"data/images/…": caption}`.
 #
 # The sizes per profile: `small` makes a pool of about 350 photos, `full` about 4,000 like the
-# real benchmark. Twenty concepts in both.
+# real benchmark. Twenty concepts in both. Each concept is queried in several places (`contexts`)
+# with a few photos each (`per_query`): 4 × 3 in `small`, 10 × 12 in `full`. Most of a concept's
+# pool photos are then somewhere other than the place a query names, as in ConCon-Chi, where a
+# concept is photographed in many contexts; that is what a context query tests. An earlier `small`
+# profile used 3 places × 4 photos: with fewer of each concept's photos elsewhere, the image
+# average behind AvgIm+Text had an easier job than in `full` or the real benchmark (the
+# [baselines chapter](04_baselines.ipynb) measures the context margin on many worlds of each
+# profile). A dict instead of a profile's name changes some of the `small` sizes, for a world of
+# one's own size or to redraw the earlier one (`dict(contexts=3, per_query=4)`).
 
 # %%
 #| export
-PROFILES = {'conconchi': dict(small=dict(contexts=3, per_query=4, multi=8, per_multi=3, neg_concept=2, distractors=40, support=5, generic=200),
+PROFILES = {'conconchi': dict(small=dict(contexts=4, per_query=3, multi=8, per_multi=3, neg_concept=2, distractors=40, support=5, generic=200),
                               full=dict(contexts=10, per_query=12, multi=40, per_multi=8, neg_concept=20, distractors=900, support=5, generic=1000)),
             'pervl': dict(small=dict(concepts=20, support=(5, 6), pool=(4,), generic=200),
                           full=dict(concepts=50, support=(10, 22), pool=(1, 2, 3, 4, 5), generic=1000))}
+
+def profile_sizes(fmt:str, # 'conconchi' or 'pervl'
+                  profile:str|dict, # a name in `PROFILES[fmt]`, or a dict changing some of the `small` sizes
+                 )->dict:
+    "The sizes a world of `fmt` is drawn with: a named profile's, or `small`'s with the values of a dict changed."
+    if fmt not in PROFILES: raise ValueError(f"fmt must be one of {list(PROFILES)}, not {fmt!r}")
+    if isinstance(profile, dict):
+        if bad := sorted(set(profile) - set(PROFILES[fmt]['small'])):
+            raise ValueError(f"unknown size(s) {bad} for {fmt}: the sizes are {list(PROFILES[fmt]['small'])}")
+        return {**PROFILES[fmt]['small'], **profile}
+    if profile not in PROFILES[fmt]: raise ValueError(f"profile must be one of {list(PROFILES[fmt])} or a dict of sizes, not {profile!r}")
+    return PROFILES[fmt][profile]
+
+# %%
+test_eq(profile_sizes('conconchi', 'full')['contexts'], 10)
+test_eq(profile_sizes('conconchi', dict(contexts=3, per_query=4)), {**PROFILES['conconchi']['small'], 'contexts': 3, 'per_query': 4})
+test_fail(lambda: profile_sizes('conconchi', dict(place=3)), contains="unknown size(s) ['place']")
+test_fail(lambda: profile_sizes('conconchi', 'huge'), contains="not 'huge'")
+test_fail(lambda: profile_sizes('coco', 'small'), contains="not 'coco'")
+
+# %%
+#| export
 COMMON = {'cup': ('kitchen table', 'office desk'), 'bottle': ('kitchen table', 'beach', 'office desk'), 'teddy bear': ('living-room carpet', 'grass'),
           'bag': ('street', 'office desk', 'living-room carpet'), 'car': ('street', 'living-room carpet'), 'lamp': ('office desk', 'living-room carpet'),
           'kite': ('beach', 'grass'), 'shoe': ('street', 'living-room carpet'), 'umbrella': ('street', 'beach', 'snow'), 'duck': ('lake',),
@@ -1214,7 +1244,6 @@ COMMON = {'cup': ('kitchen table', 'office desk'), 'bottle': ('kitchen table', '
 def _kind(c:Concept, context:str)->str:
     "'common' when `context` is a usual place for `c`'s class, else 'uncommon'."
     return 'common' if context in COMMON.get(c.look.cls, ()) else 'uncommon'
-
 
 # %% [markdown]
 # A plan is a list of rows, each with its scenes and, for a query, what answers it: the concepts,
@@ -1284,9 +1313,9 @@ def _cc_negatives(rng, p:dict, used:dict)->list:
     denv = rng.choice(ctxs, p['distractors']).tolist()
     return rows + [Row('', [], 'negative', e, [_distractor(rng, e) for _ in range(denv.count(e))]) for e in ctxs if e in denv]
 
-def conconchi_plan(seed:int=0, profile:str='small')->tuple:
+def conconchi_plan(seed:int=0, profile:str|dict='small')->tuple:
     "Rows of train.json and test.json (with their scenes) for a ConCon-Chi world of `profile`."
-    p, rng, ctxs = PROFILES['conconchi'][profile], _rng(seed, 10, 0), list(CONTEXTS)
+    p, rng, ctxs = profile_sizes('conconchi', profile), _rng(seed, 10, 0), list(CONTEXTS)
     train = [Row(f"* {CONTEXTS[e].place[0]}", [k], 'train', e, [concept_scene(rng, [(k, c)], e, h=(.25, .55), clutter=(0, 2))])
              for k, c in enumerate(CONCEPTS) for e in rng.choice(ctxs, p['support'], replace=False).tolist()]
     used = {k: rng.choice(ctxs, p['contexts'], replace=False).tolist() for k in range(len(CONCEPTS))}
@@ -1298,7 +1327,7 @@ def conconchi_plan(seed:int=0, profile:str='small')->tuple:
 
 # %%
 tr, te = conconchi_plan(0, 'small')
-test_eq(len(tr), 100); test_eq(sum(len(r.scenes) for r in te), 20*3*4 + 8*3 + 20*2 + 40)
+test_eq(len(tr), 100); test_eq(sum(len(r.scenes) for r in te), 20*4*3 + 8*3 + 20*2 + 40)
 q = next(r for r in te if r.need and r.need[2])
 q.label, q.concepts, q.kind, q.env, all(answers(q.need, s) for s in q.scenes)
 
@@ -1407,7 +1436,7 @@ def _write_generic(root:Path, n:int, seed:int, size:int)->int:
 
 # %%
 #| export
-def write_conconchi(root:str|Path, seed:int=0, profile:str='small', size:int=64)->Path:
+def write_conconchi(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64)->Path:
     "Write a ConCon-Chi world under `root` (data/images, data/annotations, vlm_captions.json, generic/, world.json)."
     root = _prepare(root); img_dir = root/'data'/'images'; img_dir.mkdir(parents=True)
     train, test = conconchi_plan(seed, profile)
@@ -1420,7 +1449,7 @@ def write_conconchi(root:str|Path, seed:int=0, profile:str='small', size:int=64)
         _write_json(root/'data'/'annotations'/f'{split}.json', _cc_file(_cc_rows(rows, names, pool if split == 'test' else [])), 4)
     caps, labs = vlm_captions([s for _, s in pool], seed)
     _write_json(root/'vlm_captions.json', {f'data/images/{f}': c for (f, _), c in zip(pool, caps)})
-    n_gen = _write_generic(root, PROFILES['conconchi'][profile]['generic'], seed, size)
+    n_gen = _write_generic(root, profile_sizes('conconchi', profile)['generic'], seed, size)
     _write_json(root/'world.json', dict(format='conconchi', seed=seed, profile=profile, size=size, concepts=[c.name for c in CONCEPTS],
         counts=dict(support=len(train), pool=len(pool), queries=sum(r.kind != 'negative' for r in test), generic=n_gen),
         vlm_labels={f'data/images/{f}': l for (f, _), l in zip(pool, labs)}), 1)
@@ -1477,9 +1506,9 @@ Image.fromarray(render(gs)).resize((160, 160), Image.NEAREST)
 
 # %%
 #| export
-def pervl_plan(seed:int=0, profile:str='small')->dict:
+def pervl_plan(seed:int=0, profile:str|dict='small')->dict:
     "{split: [(pair_id, Concept, support scenes, pool scenes)]} for a PerVL world of `profile`."
-    p, rng, gc = PROFILES['pervl'][profile], _rng(seed, 30, 0), garment_concepts()
+    p, rng, gc = profile_sizes('pervl', profile), _rng(seed, 30, 0), garment_concepts()
     n_pool = lambda: int(rng.choice(p['pool'], p=[.02, .04, .06, .12, .76] if len(p['pool']) == 5 else None))
     return {split: [(pid, c, [garment_scene(rng, pid, c) for _ in range(int(rng.integers(*p['support'])))],
                      [garment_scene(rng, pid, c) for _ in range(n_pool())]) for pid, c in gc[off:off + p['concepts']]]
@@ -1517,14 +1546,14 @@ def _pervl_shared(root:Path, plan:dict, pool:list, extra:list, name, caps:dict, 
         _csv(root/f'{kind}_deepfashion2_captions.csv', ['image_name', 'pair_id', 'caption'], [(f'train/image/{name(s)}', pid, caps[id(s)][j]) for s, pid in both])
     _csv(root/'train_coarse_grained_names.csv', ['unique_pair_ids', 'pair_id_categories'], sorted((pid, c.coarse) for its in plan.values() for pid, c, _, _ in its))
 
-def _pervl_info(plan:dict, seed:int, profile:str, size:int, n_gen:int, labels:dict)->dict:
+def _pervl_info(plan:dict, seed:int, profile:str|dict, size:int, n_gen:int, labels:dict)->dict:
     "The content of a PerVL world's world.json."
     return dict(format='pervl', seed=seed, profile=profile, size=size,
                 concepts={sp: [[pid, c.name, c.discriminative] for pid, c, _, _ in its] for sp, its in plan.items()},
                 counts={sp: dict(concepts=len(its), support=sum(len(x[2]) for x in its), pool=sum(len(x[3]) for x in its)) for sp, its in plan.items()} | dict(generic=n_gen),
                 vlm_labels=labels)
 
-def write_pervl(root:str|Path, seed:int=0, profile:str='small', size:int=64)->Path:
+def write_pervl(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64)->Path:
     "Write a PerVL DeepFashion2 world (test and validation splits) under `root`."
     root = _prepare(root); (root/'train'/'image').mkdir(parents=True)
     plan, rng = pervl_plan(seed, profile), _rng(seed, 31, 0)
@@ -1538,7 +1567,7 @@ def write_pervl(root:str|Path, seed:int=0, profile:str='small', size:int=64)->Pa
     _pervl_shared(root, plan, pool, extra, name, caps, rng)
     vcaps, labs = vlm_captions([s for s, _ in pool], seed)
     _write_json(root/'vlm_captions.json', {f'train/image/{name(s)}': v for (s, _), v in zip(pool, vcaps)})
-    n_gen = _write_generic(root, PROFILES['pervl'][profile]['generic'], seed, size)
+    n_gen = _write_generic(root, profile_sizes('pervl', profile)['generic'], seed, size)
     _write_json(root/'world.json', _pervl_info(plan, seed, profile, size, n_gen, {f'train/image/{name(s)}': l for (s, _), l in zip(pool, labs)}), 1)
     return root
 
@@ -1553,12 +1582,11 @@ def write_pervl(root:str|Path, seed:int=0, profile:str='small', size:int=64)->Pa
 def make_benchmark(root:str|Path, # folder to write (empty, or a world written before)
                    fmt:str='conconchi', # 'conconchi' or 'pervl'
                    seed:int=0, # the photos' seed (the concepts are the same for every seed)
-                   profile:str='small', # 'small' (a chapter runs in about a minute on CPU) or 'full' (the real benchmarks' sizes)
+                   profile:str|dict='small', # 'small' (a chapter runs in about a minute on CPU), 'full' (the real benchmarks' sizes) or a dict of sizes (`profile_sizes`)
                    size:int=64, # image side in pixels
                   )->Path:
     "Write a world benchmark in the real on-disk format `fmt` under `root`; returns `root`."
-    if fmt not in PROFILES: raise ValueError(f"fmt must be one of {list(PROFILES)}, not {fmt!r}")
-    if profile not in PROFILES[fmt]: raise ValueError(f"profile must be one of {list(PROFILES[fmt])}, not {profile!r}")
+    profile_sizes(fmt, profile)  # a clear error for an unknown format, profile or size
     return (write_conconchi if fmt == 'conconchi' else write_pervl)(root, seed, profile, size)
 
 

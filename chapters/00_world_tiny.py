@@ -793,15 +793,19 @@ with tempfile.TemporaryDirectory() as d:
 print(f"{len(cc.pool)} pool images:", {k: round(v, 3) for k, v in vlm_recall.items()})
 
 # %% [markdown]
-# How much of what an update of `sks` reads do these captions feed it too (`update_share`), and how
+# How much of what an update of `sks` reads do VLM captions feed it too (`update_share`), and how
 # much do the last layer's token states share one direction (`shared_direction`, over every token of
 # the captions)? Measured now on the shipped weights, beside the third stage's weights measured on the
 # same captions with the same functions when the fourth stage was designed (that checkpoint is not
-# shipped):
+# shipped). Those captions are world seed 1's in the `small` profile of that time (each concept in 3
+# places × 4 photos), redrawn here byte for byte:
 
 # %%
 from polar_nb.clip import tokenize
-SHARE3, DIR3 = 0.315, 0.212  # third stage's weights, measured at design on these captions (world seed 1, small)
+SHARE3, DIR3 = 0.315, 0.212  # third stage's weights, measured at design on these captions (world seed 1, small profile of that time)
+with tempfile.TemporaryDirectory() as d:
+    root = make_benchmark(Path(d)/'cc', 'conconchi', seed=1, profile=dict(contexts=3, per_query=4))
+    vlm = ConConChi(root).vlm_captions(root/'vlm_captions.json')
 _st = []
 with torch.no_grad(): encode_text_bucketed(bb.model, tokenize(bb, vlm), states=_st)
 share = pd.DataFrame([dict(weights='shipped (four stages), measured now', update_share=update_share(bb, vlm), shared_direction=shared_direction(_st).item()),

@@ -60,7 +60,9 @@ def test_conconchi_layout(cc):
     assert any(r['CONCEPTS'] == [] for r in test) and any(r['CONCEPTS'] and r['KIND'] == 'negative' for r in test)
     assert all(r['LABEL'].count('*') == len(r['CONCEPTS']) for r in test if r['KIND'] != 'negative')
     pool = [g for r in test for g in r['GTS']]
-    assert len(pool) == len(set(pool)) == 20*3*4 + 8*3 + 20*2 + 40
+    p = W.PROFILES['conconchi']['small']  # each concept in 4 places × 3 photos, 8 two-concept rows × 3, 2 negatives each, 40 distractors
+    assert (p['contexts'], p['per_query'], p['multi'], p['per_multi'], p['neg_concept'], p['distractors']) == (4, 3, 8, 3, 2, 40)
+    assert len(pool) == len(set(pool)) == 20*4*3 + 8*3 + 20*2 + 40
     assert all(set(r['ADDITIONAL GTS']) <= set(pool) - set(r['GTS']) for r in test)
     assert sum(map(len, (r['ADDITIONAL GTS'] for r in test))) > 0
 
@@ -68,7 +70,7 @@ def test_conconchi_reads_with_project_reader(cc):
     data = pytest.importorskip('polar_nb.data')
     b = data.ConConChi(cc)
     s = b.summary().iloc[0]
-    assert (s.concepts, s.support, s.pool, s.single, s.multi, s.concept) == (20, 100, 344, 60, 8, 20)
+    assert (s.concepts, s.support, s.pool, s.single, s.multi, s.concept) == (20, 100, 344, 80, 8, 20)
     assert b.missing_images() == []
     assert all(q.positives for q in b.queries('context')) and all(q.positives for q in b.queries('concept'))
     assert b.descriptions(10)['coarse'] == 'bottle' and 'fish' in b.descriptions(10)['discriminative']
@@ -172,3 +174,15 @@ def test_bad_input(tmp_path):
     assert (tmp_path/'x'/'mine.txt').read_text() == 'keep me'
     with pytest.raises(ValueError, match='fmt'): W.make_benchmark(tmp_path/'y', 'coco')
     with pytest.raises(ValueError, match='profile'): W.make_benchmark(tmp_path/'y', 'pervl', profile='huge')
+    with pytest.raises(ValueError, match=r"unknown size\(s\) \['places'\]"): W.make_benchmark(tmp_path/'y', 'conconchi', profile=dict(places=2))
+    assert not (tmp_path/'y').exists()
+
+def test_profile_as_dict(tmp_path):
+    "A dict of sizes changes `small`'s: a tiny ConCon-Chi world has exactly the photos it asks for, and world.json records them."
+    sizes = dict(contexts=1, per_query=2, multi=1, per_multi=1, neg_concept=1, distractors=3, generic=5)
+    root = W.make_benchmark(tmp_path/'tiny', 'conconchi', seed=3, profile=sizes)
+    info = json.loads((root/'world.json').read_text())
+    assert info['profile'] == sizes and info['counts'] == dict(support=100, pool=20*1*2 + 1*1 + 20*1 + 3, queries=20 + 1, generic=5)
+    data = pytest.importorskip('polar_nb.data')
+    b = data.ConConChi(root)
+    assert len(b.pool) == 64 and b.missing_images() == [] and len(b.queries('context')) == 21
