@@ -1227,6 +1227,7 @@ def profile_sizes(fmt:str, # 'conconchi' or 'pervl'
     if profile not in PROFILES[fmt]: raise ValueError(f"profile must be one of {list(PROFILES[fmt])} or a dict of sizes, not {profile!r}")
     return PROFILES[fmt][profile]
 
+
 # %%
 test_eq(profile_sizes('conconchi', 'full')['contexts'], 10)
 test_eq(profile_sizes('conconchi', dict(contexts=3, per_query=4)), {**PROFILES['conconchi']['small'], 'contexts': 3, 'per_query': 4})
@@ -1244,6 +1245,7 @@ COMMON = {'cup': ('kitchen table', 'office desk'), 'bottle': ('kitchen table', '
 def _kind(c:Concept, context:str)->str:
     "'common' when `context` is a usual place for `c`'s class, else 'uncommon'."
     return 'common' if context in COMMON.get(c.look.cls, ()) else 'uncommon'
+
 
 # %% [markdown]
 # A plan is a list of rows, each with its scenes and, for a query, what answers it: the concepts,
