@@ -680,7 +680,9 @@ test_fail(lambda: choose_defaults(demo, max_drop=-1), contains='widen the grid')
 # caption-recall drop on world seed 4 stayed at 0.023), and 100 steps penalising the whole second
 # moment of the states instead of their mean (`update_share` 0.13 on the same captions, mean
 # drops 0.017, 0.009 and 0.016 on world seeds 4, 5 and 1, against 0.005, 0.003 and 0.008 for the
-# shipped stage, all at λ = 0.01).
+# shipped stage, all at λ = 0.01). The worlds of these comparisons, and of the figures earlier in
+# this chapter, are those of the `small` profile of that time (each concept in 3 places × 4 photos;
+# `profile=dict(contexts=3, per_query=4)` redraws them).
 #
 # Two other second stages were tried from the first stage's weights, keeping its ViT image tower, and
 # not shipped: 240 steps on batches of four (place, colour) groups, and 175 more steps of the plain
