@@ -1225,7 +1225,7 @@ def profile_sizes(fmt:str, # 'conconchi' or 'pervl'
             raise ValueError(f"unknown size(s) {bad} for {fmt}: the sizes are {list(PROFILES[fmt]['small'])}")
         return {**PROFILES[fmt]['small'], **profile}
     if profile not in PROFILES[fmt]: raise ValueError(f"profile must be one of {list(PROFILES[fmt])} or a dict of sizes, not {profile!r}")
-    return PROFILES[fmt][profile]
+    return dict(PROFILES[fmt][profile])
 
 
 # %%
@@ -1234,6 +1234,7 @@ test_eq(profile_sizes('conconchi', dict(contexts=3, per_query=4)), {**PROFILES['
 test_fail(lambda: profile_sizes('conconchi', dict(place=3)), contains="unknown size(s) ['place']")
 test_fail(lambda: profile_sizes('conconchi', 'huge'), contains="not 'huge'")
 test_fail(lambda: profile_sizes('coco', 'small'), contains="not 'coco'")
+sz = profile_sizes('conconchi', 'small'); sz['contexts'] = 99; test_eq(PROFILES['conconchi']['small']['contexts'], 4)  # a copy
 
 # %%
 #| export

@@ -842,7 +842,7 @@ def profile_sizes(fmt:str, # 'conconchi' or 'pervl'
             raise ValueError(f"unknown size(s) {bad} for {fmt}: the sizes are {list(PROFILES[fmt]['small'])}")
         return {**PROFILES[fmt]['small'], **profile}
     if profile not in PROFILES[fmt]: raise ValueError(f"profile must be one of {list(PROFILES[fmt])} or a dict of sizes, not {profile!r}")
-    return PROFILES[fmt][profile]
+    return dict(PROFILES[fmt][profile])
 
 # %% ../nbs/00_world.ipynb #286868e1
 COMMON = {'cup': ('kitchen table', 'office desk'), 'bottle': ('kitchen table', 'beach', 'office desk'), 'teddy bear': ('living-room carpet', 'grass'),
