@@ -886,7 +886,7 @@ pd.concat([met, seeds.groupby(level='profile', sort=False).mean().round(3).astyp
 # Read together: in the `small` worlds (the profile the chapters run) VLM-caption recall@10 holds
 # everywhere, the concept-only margin in all but seed 13 (0.134), the context margin on sixteen of
 # eighteen (seed 2 −0.035, seed 13 −0.012) and the general-knowledge cost on fourteen: seeds 0, 1,
-# 14 and 16 lose 0.023, 0.020, 0.027 and 0.026 of caption recall@10 per update on average (this
+# 14 and 16 lose 0.023, 0.0203, 0.027 and 0.026 of caption recall@10 per update on average (this
 # chapter's world is seed 0, so its claims table above shows one of those). In the `full` worlds,
 # with twelve times the photos, the context margin is positive on eleven of twelve (the twelfth is
 # −0.002) and the concept margin holds everywhere, but two of the bars were sized for the small
