@@ -9,7 +9,7 @@ __all__ = ['WORLD_TINY_VIT_CFG', 'WORLD_TINY_CFG', 'TOKEN_SEED', 'MEAN', 'STD', 
            'DEFAULTS_GRID', 'build_world_tiny', 'to_pixels', 'scene_bank', 'encode_text_bucketed', 'clip_loss',
            'scene_groups', 'load_init', 'name_pool', 'name_loss', 'shared_direction', 'update_share',
            'train_world_tiny', 'save_world_tiny', 'image_feats', 'text_feats', 'caption_recall', 'zero_shot_accuracy',
-           'world_tiny_path', 'defaults_search', 'choose_defaults']
+           'world_tiny_path', 'defaults_search', 'choose_defaults', 'probe_accuracy', 'image_probes']
 
 # %% ../nbs/00_world_tiny.ipynb #935fa033
 import io, json, math, time
@@ -367,3 +367,22 @@ def choose_defaults(search:pd.DataFrame, # `defaults_search`'s table
     if not len(ok): raise ValueError(f"no combination keeps the mean caption-recall drop within {max_drop}: widen the grid")
     r = ok.sort_values(['score', 'lam'], ascending=[False, False]).iloc[0]
     return dict(lam=float(r.lam), iters=int(r.iters), lr=float(r.lr))
+
+# %% ../nbs/00_world_tiny.ipynb #5cb21581
+def probe_accuracy(feats:np.ndarray, # [n, d] features
+                   labels:np.ndarray, # [n] labels
+                   folds:int=3)->float:
+    "Cross-validated accuracy of a linear (logistic-regression) probe predicting `labels` from `feats`."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    return float(cross_val_score(LogisticRegression(max_iter=3000), np.asarray(feats), np.asarray(labels), cv=folds).mean())
+
+def image_probes(bb, imgs:np.ndarray, scenes:list, folds:int=3)->pd.DataFrame:
+    "Linear-probe accuracy of `bb`'s image features for the place and the largest object's class, colour and pattern (objects only)."
+    I = image_feats(bb, imgs).numpy()
+    obj = np.array([not _largest(s).person for s in scenes])
+    looks = [_largest(s).look for s in np.array(scenes, dtype=object)[obj]]
+    labels = dict(place=(np.array([s.context for s in scenes]), np.ones(len(scenes), bool)),
+                  **{k: (np.array([getattr(l, k) for l in looks]), obj) for k in ('cls', 'colour', 'pattern')})
+    return pd.DataFrame([dict(attribute=k, n=int(m.sum()), probe=probe_accuracy(I[m], y, folds),
+                              majority=pd.Series(y).value_counts(normalize=True).iloc[0]) for k, (y, m) in labels.items()]).set_index('attribute')
