@@ -911,6 +911,12 @@ print(f"{len(full_caps):,} captions of full world 0: {len(groups):,} distinct wi
 assert len(full_caps) == 4020 and max(groups.values()) < 10
 
 # %% [markdown]
+# What does hold recall back is the image tower: the linear probes of the
+# [world-tiny chapter](00_world_tiny.ipynb) read an object's class from world-tiny's image features
+# barely above the share of the commonest class, while the photos of one concept in one place differ
+# mostly in the classes of the small objects beside it.
+
+# %% [markdown]
 # An earlier `small` profile put each concept in three places with four photos each (four places
 # with three now; the [world chapter](00_world.ipynb) says why). On its seeds 0–17 the context
 # margin was positive on eleven worlds (mean +0.016), against sixteen (mean +0.040) now, with the
