@@ -797,11 +797,12 @@ def probe_accuracy(feats:np.ndarray, # [n, d] features
     from sklearn.model_selection import cross_val_score
     return float(cross_val_score(LogisticRegression(max_iter=3000), np.asarray(feats), np.asarray(labels), cv=folds).mean())
 
-def image_probes(bb, imgs:np.ndarray, scenes:list, folds:int=3)->pd.DataFrame:
-    "Linear-probe accuracy of `bb`'s image features for the place and the largest object's class, colour and pattern (objects only)."
-    I = image_feats(bb, imgs).numpy()
+def image_probes(I:torch.Tensor, # image features of `scenes` (`image_feats`)
+                 scenes:list, folds:int=3)->pd.DataFrame:
+    "Linear-probe accuracy of image features for the place and the largest object's class, colour and pattern (objects only)."
+    I = np.asarray(I)
     obj = np.array([not _largest(s).person for s in scenes])
-    looks = [_largest(s).look for s in np.array(scenes, dtype=object)[obj]]
+    looks = [_largest(s).look for s, o in zip(scenes, obj) if o]
     labels = dict(place=(np.array([s.context for s in scenes]), np.ones(len(scenes), bool)),
                   **{k: (np.array([getattr(l, k) for l in looks]), obj) for k in ('cls', 'colour', 'pattern')})
     return pd.DataFrame([dict(attribute=k, n=int(m.sum()), probe=probe_accuracy(I[m], y, folds),
@@ -814,7 +815,7 @@ test_eq(probe_accuracy(np.eye(3)[_y] + _r.normal(0, .01, (60, 3)), _y), 1.0)  # 
 assert probe_accuracy(_r.normal(size=(60, 3)), _y) < .7  # features unrelated to the labels
 
 # %%
-probes = image_probes(bb, imgs, scenes)
+probes = image_probes(I, scenes)  # the features of the cell above
 probes.round(3)
 
 # %%
@@ -822,24 +823,24 @@ assert probes.probe['place'] > .9 and probes.probe['colour'] > 2 * probes.majori
 assert probes.probe['cls'] < probes.probe['colour']  # the limit the text below describes
 
 # %% [markdown]
-# The image tower sees the place almost perfectly and the colour in part, but hardly the object's
-# class (its features carry the silhouette only weakly), and the pattern of the largest object not
+# The image tower sees the place almost perfectly and the colour in part, but the object's class
+# poorly (its features carry the silhouette only weakly), and the pattern of the largest object not
 # beyond the share of the commonest one (most objects are plain). That is world-tiny's main limit.
 # Among the 4,020 photos of a `full` ConCon-Chi world, a caption has to find its photo among a dozen
 # of the same concept in the same place, told apart by the small objects beside it, mostly by their
-# class; the chapter on baselines measures caption→image recall@10 near 0.40 there (0.84 in the
-# 344-photo `small` pool). What the tower can tell a personal concept by is mostly its colours.
+# class; the chapter on baselines measures caption→image recall@10 near 0.40 there (0.83 on the
+# 344-photo `small` pool of the cell below). What the tower can tell a personal concept by is mostly its colours.
 #
 # Two fifth stages were tried from the shipped weights to teach the class, each 400 steps of 192
 # pairs on a fresh bank (world seed 2) with the unseen words and the shared-direction penalty, and
-# not shipped. Measured at design (about 14 minutes each on two CPU cores), against the shipped
+# not shipped. Measured at design (15 and 12 minutes of training on two CPU cores), against the shipped
 # weights: batches from two places (lr 3·10⁻⁴): zero-shot class accuracy 0.163 (shipped 0.163),
 # generic recall@10 0.853 (0.897), VLM-caption recall@10 0.799 on small world 0 (0.846) and 0.407 on
 # full world 0 (0.402); batches from four (place, colour) groups, so that a batch's scenes differ
 # mostly in their objects (lr 5·10⁻⁴): zero-shot class accuracy 0.180, generic recall@10 0.870,
-# VLM-caption recall@10 0.791 and 0.366, and a class probe on 3,000 held-out scenes of 0.227 (shipped
-# 0.215). Harder batches alone do not teach a 16-wide ResNet the shapes; a wider image tower trained
-# longer is the way on, which is GPU work.
+# VLM-caption recall@10 0.791 and 0.366, and a class probe (C = 10) on 3,000 held-out scenes of
+# 0.227 (shipped 0.215). Harder batches alone do not teach a 16-wide ResNet the shapes; a wider image
+# tower trained longer is the way on, which is GPU work.
 
 # %% [markdown]
 # And on a pool in the ConCon-Chi format with its `vlm_captions.json` (the captions of whole scenes,

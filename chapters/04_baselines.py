@@ -913,7 +913,7 @@ assert len(full_caps) == 4020 and max(groups.values()) < 10
 # %% [markdown]
 # What does hold recall back is the image tower: the linear probes of the
 # [world-tiny chapter](00_world_tiny.ipynb) read an object's class from world-tiny's image features
-# barely above the share of the commonest class, while the photos of one concept in one place differ
+# far less well than its colour or its place, while the photos of one concept in one place differ
 # mostly in the classes of the small objects beside it.
 
 # %% [markdown]

@@ -377,11 +377,12 @@ def probe_accuracy(feats:np.ndarray, # [n, d] features
     from sklearn.model_selection import cross_val_score
     return float(cross_val_score(LogisticRegression(max_iter=3000), np.asarray(feats), np.asarray(labels), cv=folds).mean())
 
-def image_probes(bb, imgs:np.ndarray, scenes:list, folds:int=3)->pd.DataFrame:
-    "Linear-probe accuracy of `bb`'s image features for the place and the largest object's class, colour and pattern (objects only)."
-    I = image_feats(bb, imgs).numpy()
+def image_probes(I:torch.Tensor, # image features of `scenes` (`image_feats`)
+                 scenes:list, folds:int=3)->pd.DataFrame:
+    "Linear-probe accuracy of image features for the place and the largest object's class, colour and pattern (objects only)."
+    I = np.asarray(I)
     obj = np.array([not _largest(s).person for s in scenes])
-    looks = [_largest(s).look for s in np.array(scenes, dtype=object)[obj]]
+    looks = [_largest(s).look for s, o in zip(scenes, obj) if o]
     labels = dict(place=(np.array([s.context for s in scenes]), np.ones(len(scenes), bool)),
                   **{k: (np.array([getattr(l, k) for l in looks]), obj) for k in ('cls', 'colour', 'pattern')})
     return pd.DataFrame([dict(attribute=k, n=int(m.sum()), probe=probe_accuracy(I[m], y, folds),
