@@ -911,10 +911,13 @@ print(f"{len(full_caps):,} captions of full world 0: {len(groups):,} distinct wi
 assert len(full_caps) == 4020 and max(groups.values()) < 10
 
 # %% [markdown]
-# What does hold recall back is the image tower: the linear probes of the
-# [world-tiny chapter](00_world_tiny.ipynb) read an object's class from world-tiny's image features
-# far less well than its colour or its place, while the photos of one concept in one place differ
-# mostly in the classes of the small objects beside it.
+# What does hold recall back is world-tiny itself, both towers of it. The linear probes of the
+# [world-tiny chapter](00_world_tiny.ipynb) read an object's class from its image features far less
+# well than its colour or its place, and its text tower, trained with them, moves a phrase's
+# embedding less for a new class than for a new colour or place. A caption of a full world that
+# fails finds the right place, but ranks first a photo of another concept (a look-alike, or one of
+# the same colour) more often than another photo of its own concept (measured in that chapter);
+# both are told apart by the class and the shape of things.
 
 # %% [markdown]
 # An earlier `small` profile put each concept in three places with four photos each (four places

@@ -9,7 +9,7 @@ __all__ = ['WORLD_TINY_VIT_CFG', 'WORLD_TINY_CFG', 'TOKEN_SEED', 'MEAN', 'STD', 
            'DEFAULTS_GRID', 'build_world_tiny', 'to_pixels', 'scene_bank', 'encode_text_bucketed', 'clip_loss',
            'scene_groups', 'load_init', 'name_pool', 'name_loss', 'shared_direction', 'update_share',
            'train_world_tiny', 'save_world_tiny', 'image_feats', 'text_feats', 'caption_recall', 'zero_shot_accuracy',
-           'world_tiny_path', 'defaults_search', 'choose_defaults', 'probe_accuracy', 'image_probes']
+           'world_tiny_path', 'defaults_search', 'choose_defaults', 'probe_accuracy', 'image_probes', 'swap_similarity']
 
 # %% ../nbs/00_world_tiny.ipynb #935fa033
 import io, json, math, time
@@ -387,3 +387,17 @@ def image_probes(I:torch.Tensor, # image features of `scenes` (`image_feats`)
                   **{k: (np.array([getattr(l, k) for l in looks]), obj) for k in ('cls', 'colour', 'pattern')})
     return pd.DataFrame([dict(attribute=k, n=int(m.sum()), probe=probe_accuracy(I[m], y, folds),
                               majority=pd.Series(y).value_counts(normalize=True).iloc[0]) for k, (y, m) in labels.items()]).set_index('attribute')
+
+# %% ../nbs/00_world_tiny.ipynb #28d70140
+def swap_similarity(bb, # a backbone
+                    n:int=300, # phrases drawn
+                    seed:int=0)->pd.Series:
+    "Mean cosine between the text embeddings of 'a {colour} {class} {place}' and the same phrase with its colour, class or place changed."
+    from polar_nb.world import COLOURS, CLASSES, CONTEXTS
+    r = np.random.default_rng(seed)
+    words = dict(colour=list(COLOURS), cls=list(CLASSES), place=[c.place[0] for c in CONTEXTS.values()])
+    phrase = lambda w: ('an ' if w['colour'][0] in 'aeiou' else 'a ') + f"{w['colour']} {w['cls']} {w['place']}"
+    base = [{k: str(r.choice(v)) for k, v in words.items()} for _ in range(n)]
+    B = text_feats(bb, [phrase(w) for w in base])
+    swap = lambda w, k: {**w, k: str(r.choice([x for x in words[k] if x != w[k]]))}
+    return pd.Series({k: (B * text_feats(bb, [phrase(swap(w, k)) for w in base])).sum(1).mean().item() for k in words})
