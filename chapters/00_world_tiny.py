@@ -849,10 +849,10 @@ def swap_similarity(bb, # a backbone
                     n:int=300, # phrases drawn
                     seed:int=0)->pd.Series:
     "Mean cosine between the text embeddings of 'a {colour} {class} {place}' and the same phrase with its colour, class or place changed."
-    from polar_nb.world import COLOURS, CLASSES, CONTEXTS
+    from polar_nb.world import COLOURS, CLASSES, CONTEXTS, _a
     r = np.random.default_rng(seed)
     words = dict(colour=list(COLOURS), cls=list(CLASSES), place=[c.place[0] for c in CONTEXTS.values()])
-    phrase = lambda w: ('an ' if w['colour'][0] in 'aeiou' else 'a ') + f"{w['colour']} {w['cls']} {w['place']}"
+    phrase = lambda w: _a(f"{w['colour']} {w['cls']}") + f" {w['place']}"
     base = [{k: str(r.choice(v)) for k, v in words.items()} for _ in range(n)]
     B = text_feats(bb, [phrase(w) for w in base])
     swap = lambda w, k: {**w, k: str(r.choice([x for x in words[k] if x != w[k]]))}
@@ -883,7 +883,7 @@ assert sw['cls'] > sw['place'] > sw['colour']  # the order the text below descri
 #   their objects (lr 5·10⁻⁴, 12 minutes);
 # - **C**, a wider and deeper image tower (ResNet of width 24 with two blocks per stage, 3.85 M
 #   parameters against the shipped 1.36 M) trained from scratch against the shipped text tower, frozen,
-#   256 pairs per step at lr 2·10⁻³; stopped after 850 of 1,500 planned steps (22 minutes, 1.5 s per step);
+#   256 pairs per step at lr 2·10⁻³; stopped after 850 of 1,500 planned steps (21 minutes, 1.5 s per step);
 # - **D**, a fifth stage as A without the grouping, with half of each batch's pairs shown in grey and
 #   their captions stripped of colour words, so that only the class, the pattern and the place can
 #   match them (lr 5·10⁻⁴, 12 minutes).

@@ -393,10 +393,10 @@ def swap_similarity(bb, # a backbone
                     n:int=300, # phrases drawn
                     seed:int=0)->pd.Series:
     "Mean cosine between the text embeddings of 'a {colour} {class} {place}' and the same phrase with its colour, class or place changed."
-    from polar_nb.world import COLOURS, CLASSES, CONTEXTS
+    from polar_nb.world import COLOURS, CLASSES, CONTEXTS, _a
     r = np.random.default_rng(seed)
     words = dict(colour=list(COLOURS), cls=list(CLASSES), place=[c.place[0] for c in CONTEXTS.values()])
-    phrase = lambda w: ('an ' if w['colour'][0] in 'aeiou' else 'a ') + f"{w['colour']} {w['cls']} {w['place']}"
+    phrase = lambda w: _a(f"{w['colour']} {w['cls']}") + f" {w['place']}"
     base = [{k: str(r.choice(v)) for k, v in words.items()} for _ in range(n)]
     B = text_feats(bb, [phrase(w) for w in base])
     swap = lambda w, k: {**w, k: str(r.choice([x for x in words[k] if x != w[k]]))}
