@@ -268,6 +268,52 @@ test_eq(len(set(idx)), 24); test_eq(sorted(np.unique(gc[idx], return_counts=True
 
 
 # %% [markdown]
+# Grouped batches from the start leave the colours unlearned. A gentler push towards shapes: beside
+# each batch, a few pairs in which a scene's main thing is cut out of its picture and enlarged to
+# fill the frame, captioned with its noun phrase alone ("a wide blue bottle"). At 64 px most objects
+# are a dozen pixels tall; enlarged, their outline is plain, and the text tower sees the class word
+# without a place to lean on.
+
+# %%
+#| export
+def bank_scenes(n:int, seed:int=0)->list:
+    "The first `n` scenes of a seed's training stream (sampled again without rendering), as `scene_bank` drew them."
+    from polar_nb.world import _rng, sample_scene
+    return [sample_scene(_rng(seed, 0, i)) for i in range(n)]
+
+def main_crops(imgs:np.ndarray, # uint8 images [n, h, w, 3] of `scenes`
+               scenes:list, r:np.random.Generator,
+               zoom:tuple=(1.15, 1.5), # side of the square cut, in units of the thing's larger side (at least 12 px)
+              )->tuple[torch.Tensor, list[str]]:
+    "Each scene's first thing cut out of its image and enlarged to full size (normalised pixels), with a noun phrase naming it."
+    from polar_nb.world import thing_phrase
+    R, th = imgs.shape[1], torch.zeros(len(imgs), 2, 3)
+    for k, s in enumerate(scenes):
+        t = s.things[0]
+        th[k, 0, 0] = th[k, 1, 1] = max(max(t.w, t.h) * R * r.uniform(*zoom), 12.) / R
+        th[k, 0, 2], th[k, 1, 2] = 2 * t.x - 1, 2 * (t.y - t.h / 2) - 1
+    x = to_pixels(imgs)
+    grid = F.affine_grid(th, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False), [thing_phrase(s.things[0], r) for s in scenes]
+
+
+# %%
+from polar_nb.world import thing_phrase as _tp, COLOURS as _COL
+_im, _cp, _sc = _gs(24, return_scenes=True)
+_x, _t = main_crops(_im, _sc, np.random.default_rng(0))
+test_eq(_x.shape, (24, 3, 64, 64))
+_r = np.random.default_rng(0); [_r.uniform(1.15, 1.5) for _ in _sc]
+test_eq(_t, [_tp(s.things[0], _r) for s in _sc])
+# an enlarged object fills the frame: its colour is nearer the crop's mean colour than the whole picture's
+_rgb = lambda c: (torch.tensor(_COL[c], dtype=torch.float32).view(1, 3, 1, 1)/255 - MEAN)/STD
+_obj = [k for k, s in enumerate(_sc) if not s.things[0].person and s.things[0].look.pattern == 'plain']
+_near = [((_x[k:k+1].mean((2, 3), keepdim=True) - _rgb(_sc[k].things[0].look.colour)).norm() <
+          (to_pixels(_im[k:k+1]).mean((2, 3), keepdim=True) - _rgb(_sc[k].things[0].look.colour)).norm()).item() for k in _obj]
+assert len(_obj) >= 5 and np.mean(_near) > .8, (len(_obj), _near)
+_t[:4]
+
+
+# %% [markdown]
 # A stage starts from the previous one's weights. When the image tower changes between stages, only
 # the rest (the text tower, the token table, the temperature) carries over and the new image tower
 # starts from its seeded initialisation:
@@ -439,6 +485,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
                      init:dict|None=None, # a state dict to start from (a previous stage); see `load_init`
                      names:int=0, # prompt pairs per step that share an unseen word (`name_loss`; 0: none)
                      names_weight:float=1.0, # weight of that loss
+                     crops:int=0, # pairs per step of a scene's main thing enlarged, captioned with its noun phrase (`main_crops`; 0: none)
                      iso:float=0.0, # weight of `shared_direction` of the last text layer's V inputs on the batch's captions (0: none)
                      cfg:dict|None=None, # the open_clip configuration (default: `WORLD_TINY_CFG`)
                      ckpt:Path|None=None, # checkpoint file (default: in the settings' cache_dir); resumed if present
@@ -452,11 +499,12 @@ def train_world_tiny(steps:int=600, # optimisation steps
     oc = import_open_clip(); tok = oc.tokenizer.SimpleTokenizer(context_length=WORLD_TINY_CFG['text_cfg']['context_length'])
     imgs, caps = scene_bank(n_scenes, seed=seed)
     labels = scene_groups(n_scenes, seed, group_by) if group_by else None
+    scenes = bank_scenes(n_scenes, seed) if crops else None
     cfg = cfg or WORLD_TINY_CFG
     model = build_world_tiny(seed, cfg)
     if init is not None: load_init(model, init)
     model.train(); opt = _optimizer(model, lr, wd)
-    tag = _vision_tag(cfg) + (f'-{group_by}{groups}'.replace('+', '-') if group_by else '') + (f'-names{names}' if names else '') + (f'-iso{iso:g}' if iso else '')
+    tag = _vision_tag(cfg) + (f'-{group_by}{groups}'.replace('+', '-') if group_by else '') + (f'-names{names}' if names else '') + (f'-iso{iso:g}' if iso else '') + (f'-crops{crops}' if crops else '')
     pool = name_pool(tok, caps) if names else None
     ckpt = Path(ckpt or get_settings().cache_dir/'world_tiny'/f'train-s{seed}-{steps}x{batch}{tag}{"-init" if init else ""}.pt')
     hist, start = [], 0
@@ -469,8 +517,13 @@ def train_world_tiny(steps:int=600, # optimisation steps
         idx = _draw(r, len(imgs), batch, labels, groups)
         texts = [caps[i][r.integers(len(caps[i]))] for i in idx]
         for g in opt.param_groups: g['lr'] = _lr_at(step, steps, lr, warmup)
+        px = to_pixels(imgs[idx])
+        if crops:
+            ci = r.choice(len(imgs), crops, replace=False)
+            cx, ct = main_crops(imgs[ci], [scenes[i] for i in ci], r)
+            px, texts = torch.cat([px, cx]), texts + ct
         states = [] if iso else None
-        loss = clip_loss(model, to_pixels(imgs[idx]), tok(texts), states)
+        loss = clip_loss(model, px, tok(texts), states)
         total = loss + iso * shared_direction(states) if iso else loss
         if names: total = total + names_weight * name_loss(model, tok, r, pool, names)
         opt.zero_grad(); total.backward(); opt.step(); hist.append(loss.item())
