@@ -22,11 +22,11 @@
 
 # %%
 #| hide
-from fastcore.test import test_eq, test_close, test_fail
+from fastcore.test import test_eq, test_ne, test_close, test_fail
 
 # %%
 #| export
-import io, json, math, time
+import io, json, math, re, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -195,12 +195,14 @@ with torch.no_grad(): test_close(encode_text_bucketed(m, tk), m.encode_text(tk),
 #| export
 def clip_loss(model, pixels:torch.Tensor, tokens:torch.Tensor,
               states:list|None=None, # passed to `encode_text_bucketed`
+              negatives:torch.Tensor|None=None, # tokens of extra captions no image of the batch matches (image→text side only)
              )->torch.Tensor:
     "The symmetric InfoNCE loss of CLIP on one batch of matching (image, text) pairs."
     i = F.normalize(model.encode_image(pixels), dim=-1); t = F.normalize(encode_text_bucketed(model, tokens, states=states), dim=-1)
-    logits = model.logit_scale.exp().clamp(max=100) * i @ t.T
-    y = torch.arange(len(i))
-    return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
+    scale = model.logit_scale.exp().clamp(max=100)
+    logits, y = scale * i @ t.T, torch.arange(len(i))
+    li = logits if negatives is None else torch.cat([logits, scale * i @ F.normalize(encode_text_bucketed(model, negatives), dim=-1).T], 1)
+    return (F.cross_entropy(li, y) + F.cross_entropy(logits.T, y)) / 2
 
 
 # %%
@@ -218,6 +220,56 @@ def _lr_at(step:int, steps:int, lr:float, warmup:int)->float:
 
 # %%
 test_close(_lr_at(0, 100, 1e-3, 10), 1e-4); test_close(_lr_at(10, 100, 1e-3, 10), 1e-3); test_close(_lr_at(100, 100, 1e-3, 10), 0)
+
+
+# %% [markdown]
+# In a batch drawn at random, a caption rarely needs its class word to find its picture: the place
+# and the colours nearly always suffice, so neither tower is pushed to tell a cup from a duck. Hard
+# negatives push them, as NegCLIP does for real CLIP: each caption is copied with its first class
+# word (or, half the time, its first colour word) swapped for another, and every picture must prefer
+# its own caption to all of these.
+
+# %%
+#| export
+def _swap_re(words)->re.Pattern:
+    "A whole-word pattern for any of `words`, longest first."
+    return re.compile(r'\b(' + '|'.join(sorted(map(re.escape, words), key=len, reverse=True)) + r')\b')
+
+def swap_word(caption:str, r:np.random.Generator, what:str='class')->str|None:
+    "`caption` with its first class word ('class') or colour word ('colour') replaced by another class's or colour's, its article mended; None if it has none."
+    from polar_nb.world import CLASSES, COLOURS
+    owner = {w: k for k, ws in CLASSES.items() for w in ws} if what == 'class' else {c: c for c in COLOURS}
+    m = _swap_re(owner).search(caption)
+    if m is None: return None
+    other = [k for k in dict.fromkeys(owner.values()) if k != owner[m[1]]]
+    k = other[r.integers(len(other))]
+    new = CLASSES[k][r.integers(len(CLASSES[k]))] if what == 'class' else k
+    head = re.sub(r'\b([Aa])n? $', lambda a: a[1] + ('n ' if new[0] in 'aeiou' else ' '), caption[:m.start()])
+    return head + new + caption[m.end():]
+
+def hard_negatives(texts:list[str], r:np.random.Generator)->list[str]:
+    "One hard negative per caption: a class word swapped, or (half the time, or when it names no class) a colour word; else the next caption."
+    out = []
+    for k, t in enumerate(texts):
+        first = 'class' if r.random() < .5 else 'colour'
+        out.append(swap_word(t, r, first) or swap_word(t, r, {'class': 'colour', 'colour': 'class'}[first]) or texts[(k+1) % len(texts)])
+    return out
+
+
+# %%
+_r = np.random.default_rng(0)
+test_eq(swap_word('A person wearing a red top', _r), None)
+_s = swap_word('An orange umbrella on the beach next to a ball.', _r)
+assert _s.startswith('An orange ') and _s.endswith(' on the beach next to a ball.') and 'umbrella' not in _s, _s
+test_eq(swap_word('an umbrella', np.random.default_rng(1), 'colour'), None)
+_c = [swap_word('an umbrella in the snow', np.random.default_rng(i)) for i in range(40)]
+assert all(c.split()[0] == ('an' if c.split()[1][0] in 'aeiou' else 'a') for c in _c), _c  # the article follows the new word
+assert all('bear' not in c and c.startswith('a brown ') for c in [swap_word('a brown teddy bear', np.random.default_rng(i)) for i in range(20)])  # the longest name goes whole
+_o = [swap_word('An orange cup', np.random.default_rng(i), 'colour') for i in range(30)]
+assert all(o.endswith(' cup') and 'orange' not in o and o.split()[0] == ('An' if o.split()[1][0] in 'aeiou' else 'A') for o in _o), _o
+_n = hard_negatives(['a red cup on the beach', 'a beach', 'a person wearing blue trousers'], np.random.default_rng(0))
+test_eq(_n[1], 'a person wearing blue trousers'); test_ne(_n[0], 'a red cup on the beach'); test_ne(_n[2], 'a person wearing blue trousers')
+_n
 
 
 # %% [markdown]
@@ -485,6 +537,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
                      init:dict|None=None, # a state dict to start from (a previous stage); see `load_init`
                      names:int=0, # prompt pairs per step that share an unseen word (`name_loss`; 0: none)
                      names_weight:float=1.0, # weight of that loss
+                     swaps:bool=False, # add a hard negative of each caption (`hard_negatives`) to the image→text side
                      crops:int=0, # pairs per step of a scene's main thing enlarged, captioned with its noun phrase (`main_crops`; 0: none)
                      iso:float=0.0, # weight of `shared_direction` of the last text layer's V inputs on the batch's captions (0: none)
                      cfg:dict|None=None, # the open_clip configuration (default: `WORLD_TINY_CFG`)
@@ -504,7 +557,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
     model = build_world_tiny(seed, cfg)
     if init is not None: load_init(model, init)
     model.train(); opt = _optimizer(model, lr, wd)
-    tag = _vision_tag(cfg) + (f'-{group_by}{groups}'.replace('+', '-') if group_by else '') + (f'-names{names}' if names else '') + (f'-iso{iso:g}' if iso else '') + (f'-crops{crops}' if crops else '')
+    tag = _vision_tag(cfg) + (f'-{group_by}{groups}'.replace('+', '-') if group_by else '') + (f'-names{names}' if names else '') + (f'-iso{iso:g}' if iso else '') + (f'-crops{crops}' if crops else '') + ('-swaps' if swaps else '')
     pool = name_pool(tok, caps) if names else None
     ckpt = Path(ckpt or get_settings().cache_dir/'world_tiny'/f'train-s{seed}-{steps}x{batch}{tag}{"-init" if init else ""}.pt')
     hist, start = [], 0
@@ -523,7 +576,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
             cx, ct = main_crops(imgs[ci], [scenes[i] for i in ci], r)
             px, texts = torch.cat([px, cx]), texts + ct
         states = [] if iso else None
-        loss = clip_loss(model, px, tok(texts), states)
+        loss = clip_loss(model, px, tok(texts), states, tok(hard_negatives(texts, r)) if swaps else None)
         total = loss + iso * shared_direction(states) if iso else loss
         if names: total = total + names_weight * name_loss(model, tok, r, pool, names)
         opt.zero_grad(); total.backward(); opt.step(); hist.append(loss.item())

@@ -7,13 +7,13 @@ Docs: https://polar-nb.github.io/polar-nb/world_tiny.html.md"""
 # %% auto #0
 __all__ = ['WORLD_TINY_VIT_CFG', 'WORLD_TINY_CFG', 'TOKEN_SEED', 'MEAN', 'STD', 'RESERVED_TOKENS', 'NAME_CONTEXTS',
            'DEFAULTS_GRID', 'build_world_tiny', 'to_pixels', 'scene_bank', 'encode_text_bucketed', 'clip_loss',
-           'scene_groups', 'bank_scenes', 'main_crops', 'load_init', 'name_pool', 'name_loss', 'shared_direction',
-           'update_share', 'train_world_tiny', 'save_world_tiny', 'image_feats', 'text_feats', 'caption_recall',
-           'zero_shot_accuracy', 'world_tiny_path', 'defaults_search', 'choose_defaults', 'probe_accuracy',
-           'image_probes', 'swap_similarity']
+           'swap_word', 'hard_negatives', 'scene_groups', 'bank_scenes', 'main_crops', 'load_init', 'name_pool',
+           'name_loss', 'shared_direction', 'update_share', 'train_world_tiny', 'save_world_tiny', 'image_feats',
+           'text_feats', 'caption_recall', 'zero_shot_accuracy', 'world_tiny_path', 'defaults_search',
+           'choose_defaults', 'probe_accuracy', 'image_probes', 'swap_similarity']
 
 # %% ../nbs/00_world_tiny.ipynb #935fa033
-import io, json, math, time
+import io, json, math, re, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -104,12 +104,14 @@ def encode_text_bucketed(model, tokens:torch.Tensor, bounds=(12, 20),
 # %% ../nbs/00_world_tiny.ipynb #488aa65e
 def clip_loss(model, pixels:torch.Tensor, tokens:torch.Tensor,
               states:list|None=None, # passed to `encode_text_bucketed`
+              negatives:torch.Tensor|None=None, # tokens of extra captions no image of the batch matches (image→text side only)
              )->torch.Tensor:
     "The symmetric InfoNCE loss of CLIP on one batch of matching (image, text) pairs."
     i = F.normalize(model.encode_image(pixels), dim=-1); t = F.normalize(encode_text_bucketed(model, tokens, states=states), dim=-1)
-    logits = model.logit_scale.exp().clamp(max=100) * i @ t.T
-    y = torch.arange(len(i))
-    return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
+    scale = model.logit_scale.exp().clamp(max=100)
+    logits, y = scale * i @ t.T, torch.arange(len(i))
+    li = logits if negatives is None else torch.cat([logits, scale * i @ F.normalize(encode_text_bucketed(model, negatives), dim=-1).T], 1)
+    return (F.cross_entropy(li, y) + F.cross_entropy(logits.T, y)) / 2
 
 # %% ../nbs/00_world_tiny.ipynb #4b6f850c
 def _optimizer(model, lr:float, wd:float):
@@ -121,6 +123,31 @@ def _optimizer(model, lr:float, wd:float):
 def _lr_at(step:int, steps:int, lr:float, warmup:int)->float:
     "Linear warm-up then cosine decay to zero."
     return lr * (step+1) / warmup if step < warmup else lr * 0.5 * (1 + math.cos(math.pi * (step-warmup) / max(1, steps-warmup)))
+
+# %% ../nbs/00_world_tiny.ipynb #272102e9
+def _swap_re(words)->re.Pattern:
+    "A whole-word pattern for any of `words`, longest first."
+    return re.compile(r'\b(' + '|'.join(sorted(map(re.escape, words), key=len, reverse=True)) + r')\b')
+
+def swap_word(caption:str, r:np.random.Generator, what:str='class')->str|None:
+    "`caption` with its first class word ('class') or colour word ('colour') replaced by another class's or colour's, its article mended; None if it has none."
+    from polar_nb.world import CLASSES, COLOURS
+    owner = {w: k for k, ws in CLASSES.items() for w in ws} if what == 'class' else {c: c for c in COLOURS}
+    m = _swap_re(owner).search(caption)
+    if m is None: return None
+    other = [k for k in dict.fromkeys(owner.values()) if k != owner[m[1]]]
+    k = other[r.integers(len(other))]
+    new = CLASSES[k][r.integers(len(CLASSES[k]))] if what == 'class' else k
+    head = re.sub(r'\b([Aa])n? $', lambda a: a[1] + ('n ' if new[0] in 'aeiou' else ' '), caption[:m.start()])
+    return head + new + caption[m.end():]
+
+def hard_negatives(texts:list[str], r:np.random.Generator)->list[str]:
+    "One hard negative per caption: a class word swapped, or (half the time, or when it names no class) a colour word; else the next caption."
+    out = []
+    for k, t in enumerate(texts):
+        first = 'class' if r.random() < .5 else 'colour'
+        out.append(swap_word(t, r, first) or swap_word(t, r, {'class': 'colour', 'colour': 'class'}[first]) or texts[(k+1) % len(texts)])
+    return out
 
 # %% ../nbs/00_world_tiny.ipynb #dee9b927
 def _main_colour(scene)->str:
@@ -243,6 +270,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
                      init:dict|None=None, # a state dict to start from (a previous stage); see `load_init`
                      names:int=0, # prompt pairs per step that share an unseen word (`name_loss`; 0: none)
                      names_weight:float=1.0, # weight of that loss
+                     swaps:bool=False, # add a hard negative of each caption (`hard_negatives`) to the image→text side
                      crops:int=0, # pairs per step of a scene's main thing enlarged, captioned with its noun phrase (`main_crops`; 0: none)
                      iso:float=0.0, # weight of `shared_direction` of the last text layer's V inputs on the batch's captions (0: none)
                      cfg:dict|None=None, # the open_clip configuration (default: `WORLD_TINY_CFG`)
@@ -262,7 +290,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
     model = build_world_tiny(seed, cfg)
     if init is not None: load_init(model, init)
     model.train(); opt = _optimizer(model, lr, wd)
-    tag = _vision_tag(cfg) + (f'-{group_by}{groups}'.replace('+', '-') if group_by else '') + (f'-names{names}' if names else '') + (f'-iso{iso:g}' if iso else '') + (f'-crops{crops}' if crops else '')
+    tag = _vision_tag(cfg) + (f'-{group_by}{groups}'.replace('+', '-') if group_by else '') + (f'-names{names}' if names else '') + (f'-iso{iso:g}' if iso else '') + (f'-crops{crops}' if crops else '') + ('-swaps' if swaps else '')
     pool = name_pool(tok, caps) if names else None
     ckpt = Path(ckpt or get_settings().cache_dir/'world_tiny'/f'train-s{seed}-{steps}x{batch}{tag}{"-init" if init else ""}.pt')
     hist, start = [], 0
@@ -281,7 +309,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
             cx, ct = main_crops(imgs[ci], [scenes[i] for i in ci], r)
             px, texts = torch.cat([px, cx]), texts + ct
         states = [] if iso else None
-        loss = clip_loss(model, px, tok(texts), states)
+        loss = clip_loss(model, px, tok(texts), states, tok(hard_negatives(texts, r)) if swaps else None)
         total = loss + iso * shared_direction(states) if iso else loss
         if names: total = total + names_weight * name_loss(model, tok, r, pool, names)
         opt.zero_grad(); total.backward(); opt.step(); hist.append(loss.item())
