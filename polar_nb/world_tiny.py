@@ -7,13 +7,14 @@ Docs: https://polar-nb.github.io/polar-nb/world_tiny.html.md"""
 # %% auto #0
 __all__ = ['WORLD_TINY_VIT_CFG', 'WORLD_TINY_CFG', 'TOKEN_SEED', 'MEAN', 'STD', 'RESERVED_TOKENS', 'NAME_CONTEXTS',
            'DEFAULTS_GRID', 'build_world_tiny', 'to_pixels', 'scene_bank', 'encode_text_bucketed', 'clip_loss',
-           'swap_word', 'hard_negatives', 'scene_groups', 'bank_scenes', 'main_crops', 'load_init', 'name_pool',
+           'swap_word', 'hard_negatives', 'bank_scenes', 'scene_groups', 'main_crops', 'load_init', 'name_pool',
            'name_loss', 'shared_direction', 'update_share', 'train_world_tiny', 'save_world_tiny', 'image_feats',
            'text_feats', 'caption_recall', 'zero_shot_accuracy', 'world_tiny_path', 'defaults_search',
            'choose_defaults', 'probe_accuracy', 'image_probes', 'swap_similarity']
 
 # %% ../nbs/00_world_tiny.ipynb #935fa033
 import io, json, math, re, time
+from functools import lru_cache
 from pathlib import Path
 import numpy as np
 import torch
@@ -125,15 +126,19 @@ def _lr_at(step:int, steps:int, lr:float, warmup:int)->float:
     return lr * (step+1) / warmup if step < warmup else lr * 0.5 * (1 + math.cos(math.pi * (step-warmup) / max(1, steps-warmup)))
 
 # %% ../nbs/00_world_tiny.ipynb #272102e9
-def _swap_re(words)->re.Pattern:
-    "A whole-word pattern for any of `words`, longest first."
-    return re.compile(r'\b(' + '|'.join(sorted(map(re.escape, words), key=len, reverse=True)) + r')\b')
+@lru_cache(maxsize=None)
+def _swap_table(what:str)->tuple:
+    "For 'class' or 'colour': {word: the class or colour it names}, and a whole-word pattern for any of the words, longest first."
+    from polar_nb.world import CLASSES, COLOURS
+    if what not in ('class', 'colour'): raise ValueError(f"what must be 'class' or 'colour', not {what!r}")
+    owner = {w: k for k, ws in CLASSES.items() for w in ws} if what == 'class' else {c: c for c in COLOURS}
+    return owner, re.compile(r'\b(' + '|'.join(sorted(map(re.escape, owner), key=len, reverse=True)) + r')\b')
 
 def swap_word(caption:str, r:np.random.Generator, what:str='class')->str|None:
     "`caption` with its first class word ('class') or colour word ('colour') replaced by another class's or colour's, its article mended; None if it has none."
-    from polar_nb.world import CLASSES, COLOURS
-    owner = {w: k for k, ws in CLASSES.items() for w in ws} if what == 'class' else {c: c for c in COLOURS}
-    m = _swap_re(owner).search(caption)
+    from polar_nb.world import CLASSES
+    owner, pattern = _swap_table(what)
+    m = pattern.search(caption)
     if m is None: return None
     other = [k for k in dict.fromkeys(owner.values()) if k != owner[m[1]]]
     k = other[r.integers(len(other))]
@@ -155,12 +160,17 @@ def _main_colour(scene)->str:
     look = scene.things[0].look
     return look.garments[0].colour if hasattr(look, 'garments') else look.colour
 
+def bank_scenes(n:int, seed:int=0)->list:
+    "The first `n` scenes of a seed's training stream (sampled again without rendering), as `scene_bank` drew them."
+    from polar_nb.world import _rng, sample_scene
+    return [sample_scene(_rng(seed, 0, i)) for i in range(n)]
+
 def scene_groups(n:int, seed:int=0, by:str='place')->np.ndarray:
-    "A group label for each of the first `n` training scenes (sampled again without rendering): by 'place' or 'place+colour'."
-    from polar_nb.world import _rng, sample_scene, CONTEXTS, COLOURS
+    "A group label for each of the first `n` training scenes (`bank_scenes`): by 'place' or 'place+colour'."
+    from polar_nb.world import CONTEXTS, COLOURS
     if by not in ('place', 'place+colour'): raise ValueError(f"by must be 'place' or 'place+colour', not {by!r}")
     places, colours = list(CONTEXTS), list(COLOURS)
-    scenes = (sample_scene(_rng(seed, 0, i)) for i in range(n))
+    scenes = bank_scenes(n, seed)
     return np.array([places.index(s.context) * (len(colours) if by != 'place' else 1) + (colours.index(_main_colour(s)) if by != 'place' else 0)
                      for s in scenes])
 
@@ -175,11 +185,6 @@ def _draw(r:np.random.Generator, n:int, batch:int, labels:np.ndarray|None, group
     return np.concatenate([r.choice(np.flatnonzero(labels == g), k, replace=False) for g, k in zip(gs, sizes)])
 
 # %% ../nbs/00_world_tiny.ipynb #268d922e
-def bank_scenes(n:int, seed:int=0)->list:
-    "The first `n` scenes of a seed's training stream (sampled again without rendering), as `scene_bank` drew them."
-    from polar_nb.world import _rng, sample_scene
-    return [sample_scene(_rng(seed, 0, i)) for i in range(n)]
-
 def main_crops(imgs:np.ndarray, # uint8 images [n, h, w, 3] of `scenes`
                scenes:list, r:np.random.Generator,
                zoom:tuple=(1.15, 1.5), # side of the square cut, in units of the thing's larger side (at least 12 px)
