@@ -306,10 +306,11 @@ test_fail(lambda: token_id(bb, ''), contains='not one')
 
 # %%
 #| export
-def fingerprint(module:torch.nn.Module)->str:
-    "A short hash of a module's weights (names, shapes and a strided sample of every tensor)."
+def fingerprint(weights:torch.nn.Module|dict, # a module, or a state dict
+               )->str:
+    "A short hash of a module's weights, or of a state dict (names, shapes and a strided sample of every tensor)."
     h = hashlib.blake2b(digest_size=16)
-    for k,v in module.state_dict().items():
+    for k,v in (weights.state_dict() if isinstance(weights, torch.nn.Module) else weights).items():
         flat = v.detach().reshape(-1)
         sample = flat[::max(1, flat.numel()//4096)].float().cpu().numpy()
         h.update(f'{k}{tuple(v.shape)}'.encode()); h.update(sample.tobytes())
@@ -326,6 +327,7 @@ def _cache_folder(bb:Backbone, cache)->Path|None:
 test_eq(fingerprint(bb.model.visual), fingerprint(bb2.model.visual))  # same seed, same weights
 with torch.no_grad(): bb2.model.visual.proj.mul_(2)
 assert fingerprint(bb.model.visual) != fingerprint(bb2.model.visual)
+test_eq(fingerprint(bb2.model.visual.state_dict()), fingerprint(bb2.model.visual))  # a state dict: the same hash
 del bb2
 _cache_folder(bb, True).parts[-3:]
 

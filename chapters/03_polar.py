@@ -369,7 +369,7 @@ with torch.no_grad():
 # instead of $n \times 77$. The same row suffices for updates of `o`, `mlp1`, `mlp2` (row-wise maps
 # after the attention) and `proj`, which are therefore fast as well.
 #
-# The official implementation trains through an approximation instead (GUIDE §4): the attention
+# The official implementation trains through an approximation instead: the attention
 # probabilities averaged over heads, $\bar p_t = \frac1H\sum_j p_{j,t}$, and no value bias, so
 # $o = (W_V + B\hat A)\,\bar x$ with $\bar x = \sum_t \bar p_t x_t$ for every head. `exact=False`
 # reproduces it by putting $\bar x$ in every head's slot and $W_V\bar x$ in $o^0$.

@@ -883,18 +883,17 @@ met = bars.groupby(level='profile', sort=False).sum().astype(int).apply(lambda c
 pd.concat([met, seeds.groupby(level='profile', sort=False).mean().round(3).astype(str)], axis=1).T
 
 # %% [markdown]
-# Read together: in the `small` worlds (the profile the chapters run) VLM-caption recall@10 holds
-# everywhere, the concept-only margin in all but seed 13 (0.134), the context margin on sixteen of
-# eighteen (seed 2 −0.035, seed 13 −0.012) and the general-knowledge cost on fourteen: seeds 0, 1,
-# 14 and 16 lose 0.023, 0.0203, 0.027 and 0.026 of caption recall@10 per update on average (this
-# chapter's world is seed 0, so its claims table above shows one of those). In the `full` worlds,
-# with twelve times the photos, the context margin is positive on eleven of twelve (the twelfth is
-# −0.002) and the concept margin holds everywhere, but two of the bars were sized for the small
-# pool and do not carry over: caption→image recall@10 among 4,020 photos, many of them the same
-# concept in the same place, is about 0.40 (the paper's Table 11 reports 52.47 % for ViT-L/14 on
-# ConCon-Chi's validation split with an update applied: their figure, not a measurement here), and
-# one update costs about 0.033 of that 0.405 (8 %), where on the small pool it costs 0.014 of 0.846
-# (1.7 %); the larger pool probably has more near-ties for an update to reorder (not measured
+# Read together: in the `small` worlds (the profile the chapters run) VLM-caption recall@10 and the
+# concept-only margin hold everywhere (the smallest margin 0.215, seed 13), the context margin on
+# sixteen of eighteen (seed 10 −0.007, seed 12 −0.027) and the general-knowledge cost on seventeen
+# (seed 3 loses 0.0208 of caption recall@10 per update on average). In the `full` worlds, with twelve
+# times the photos, the concept and context margins hold on all twelve and the general-knowledge cost
+# on ten (seeds 0 and 1 lose 0.021 and 0.023), but caption→image recall@10 among 4,020 photos, many
+# of them the same concept in the same place, is about 0.42 (the paper's Table 11 reports 52.47 % for
+# ViT-L/14 on ConCon-Chi's validation split with an update applied: their figure, not a measurement
+# here), far below the 0.70 of the small pool; one update costs about 0.016 of that 0.424 (3.8 %),
+# where on the small pool it costs 0.009 of 0.839 (1.1 %). The larger pool probably has more
+# near-ties for an update to reorder (not measured
 # here). Ties among the captions are not the limit: in the cell below, the 4,020 captions of full
 # world 0 (drawn again from its plan, without the photos), with their verbs merged ("sits", "is
 # sitting", …), have no group of identical wordings as large as ten (the cell prints the largest),
@@ -922,10 +921,11 @@ assert len(full_caps) == 4020 and max(groups.values()) < 10
 # %% [markdown]
 # An earlier `small` profile put each concept in three places with four photos each (four places
 # with three now; the [world chapter](00_world.ipynb) says why). On its seeds 0–17 the context
-# margin was positive on eleven worlds (mean +0.016), against sixteen (mean +0.040) now, with the
-# same backbone and defaults; the other bars moved little (general-knowledge cost within 0.02 on
-# fifteen, concept margin on all eighteen). Those figures come from the same code as the table
-# above with `make_benchmark(..., profile=dict(contexts=3, per_query=4))`, not rerun here.
+# margin was positive on eleven worlds (mean +0.016), against sixteen (mean +0.040) with the new
+# profile, both with the backbone and defaults of that time (an earlier training recipe); the other
+# bars moved little (general-knowledge cost within 0.02 on fifteen, concept margin on all eighteen).
+# Those figures come from the same code as the table above with
+# `make_benchmark(..., profile=dict(contexts=3, per_query=4))`, not rerun here.
 
 # %% [markdown]
 # What these margins say depends on λ. The shipped λ was chosen on the validation split as the best
@@ -980,30 +980,34 @@ near.round(3)
 # length, though, and two of them summed land farther from each of their concepts than the image
 # side of AvgIm+Text, which averages the two concepts' photos and nothing else. That is where the
 # world's context margin goes: in the seeds table POLAR is ahead of AvgIm+Text on single-concept
-# queries in 29 of the 30 worlds (behind by 0.012 in the other), and behind on two-concept queries
-# in 25 of them (eight such queries per world in the `small` profile, so that column is noisy;
-# forty in the `full` one). Neither a larger λ nor a shorter run mended it when this section was
-# written, on worlds of the earlier `small` profile: on four seeds whose overall margin was
-# negative there (2, 3, 6 and 7), the
-# mean two-concept margin was −0.29 with the shipped defaults, −0.39 with λ = 0.01, −0.13 with 50
+# queries in all 30 worlds (by 0.007 at the least), and behind on two-concept queries in 22 of them
+# (eight such queries per world in the `small` profile, so that column is noisy; forty in the `full`
+# one). Neither a larger λ nor a shorter run mended it when this section was written, with the
+# backbone of an earlier training recipe, on worlds of the earlier `small` profile: on four seeds
+# whose overall margin was negative there (2, 3, 6 and 7), the
+# mean two-concept margin was −0.29 with the defaults of that time, −0.39 with λ = 0.01, −0.13 with 50
 # iterations and −0.16 with lr 0.003, and the overall context margin was lower with each of these
 # than with the defaults. Nor did moving the prompt nearer the photos. A fifth training stage on
 # captions that name their object by a word training never uses (the first object noun replaced;
-# 150 steps from the shipped weights) left the prompt's cosine to the mean of 300 generic photos at
+# 150 steps from the weights of an earlier training recipe) left the prompt's cosine to the mean of 300 generic photos at
 # 0.17 with the third stage's unseen-word pairs beside it. Without them, with half the captions
 # masked, it rose to 0.50 (0.36 to the concepts' support means), the shifts shortened to 1.09 and
 # their mean pairwise cosine fell to 0.65, yet two summed updates still landed at 0.61 to each
 # concept, and the context margins of those four worlds stayed negative (−0.045 to −0.017, with
 # the shipped defaults); on seeds 1, 5 and 8, whose margins were positive, it turned them negative
-# (−0.029, −0.028, −0.019), so neither stage was shipped.
+# (−0.029, −0.028, −0.019), so neither stage was shipped. With the shipped weights, in the cell
+# above, the prompt before any update has a cosine of 0.24 to the concepts' support means, and the
+# shifts a mean pairwise cosine of 0.57.
 #
 # What did mend the two-concept queries is the combination rule, not the updates: averaging the
 # two updates (`combine='mean'`, the last two columns of the seeds table) no longer doubles the
-# shared move, and lands the prompt a little nearer each concept (the cell above). The two-concept
-# margin goes from behind to ahead on
-# average in both profiles, and the overall context margin is positive on more worlds (the bars
-# table). It is not the paper's rule (its updates are summed), so `Polar()` keeps the sum, and every
-# other figure in this book is the paper's POLAR.
+# shared move. The two-concept margin goes from behind to ahead on average in both profiles (−0.063
+# to +0.085 in the small worlds, −0.040 to +0.059 in the full ones), and the overall context margin
+# is positive on every world (the bars table). The cosines of the cell above do not show why: the
+# averaged updates land no nearer each concept's support mean than the summed ones (0.69 against
+# 0.71); what else changes in the ranking was not measured here. It is not the paper's rule (its
+# updates are summed), so `Polar()` keeps the sum, and every other figure in this book is the
+# paper's POLAR.
 
 # %% [markdown]
 # ## Personalisation time (Tab. 16)

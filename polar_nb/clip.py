@@ -169,10 +169,11 @@ def token_id(bb:Backbone, token:str)->int:
     return ids[0]
 
 # %% ../nbs/01_clip.ipynb #16faefb3
-def fingerprint(module:torch.nn.Module)->str:
-    "A short hash of a module's weights (names, shapes and a strided sample of every tensor)."
+def fingerprint(weights:torch.nn.Module|dict, # a module, or a state dict
+               )->str:
+    "A short hash of a module's weights, or of a state dict (names, shapes and a strided sample of every tensor)."
     h = hashlib.blake2b(digest_size=16)
-    for k,v in module.state_dict().items():
+    for k,v in (weights.state_dict() if isinstance(weights, torch.nn.Module) else weights).items():
         flat = v.detach().reshape(-1)
         sample = flat[::max(1, flat.numel()//4096)].float().cpu().numpy()
         h.update(f'{k}{tuple(v.shape)}'.encode()); h.update(sample.tobytes())

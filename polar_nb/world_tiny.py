@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 import pandas as pd
 from .compat import import_open_clip
-from .config import get_settings
-from .clip import frozen_token_embedding, Backbone
+from .config import get_settings, resolve_device
+from .clip import frozen_token_embedding, Backbone, fingerprint
 
 # %% ../nbs/00_world_tiny.ipynb #f3dc30a0
-WORLD_TINY_VIT_CFG = dict(  # first stage: a ViT image tower
+WORLD_TINY_VIT_CFG = dict(  # a ViT image tower, tried and not shipped
     embed_dim=128,
     vision_cfg=dict(image_size=64, patch_size=8, width=192, layers=4, head_width=48, mlp_ratio=4.0),
     text_cfg=dict(context_length=32, vocab_size=49408, width=192, heads=4, layers=6))
@@ -86,7 +86,7 @@ def _encode_trimmed(model, tokens:torch.Tensor, states:list|None=None)->torch.Te
     try: x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:L, :L]))
     finally:
         if hook is not None: hook.remove()
-    return x[torch.arange(len(x)), tokens[:, :L].argmax(-1)] @ model.text_projection
+    return x[torch.arange(len(x), device=x.device), tokens[:, :L].argmax(-1)] @ model.text_projection
 
 def encode_text_bucketed(model, tokens:torch.Tensor, bounds=(12, 20),
                          states:list|None=None, # if a list: (last layer's V inputs, mask of real tokens) of each group are appended
@@ -110,7 +110,7 @@ def clip_loss(model, pixels:torch.Tensor, tokens:torch.Tensor,
     "The symmetric InfoNCE loss of CLIP on one batch of matching (image, text) pairs."
     i = F.normalize(model.encode_image(pixels), dim=-1); t = F.normalize(encode_text_bucketed(model, tokens, states=states), dim=-1)
     scale = model.logit_scale.exp().clamp(max=100)
-    logits, y = scale * i @ t.T, torch.arange(len(i))
+    logits, y = scale * i @ t.T, torch.arange(len(i), device=i.device)
     li = logits if negatives is None else torch.cat([logits, scale * i @ F.normalize(encode_text_bucketed(model, negatives), dim=-1).T], 1)
     return (F.cross_entropy(li, y) + F.cross_entropy(logits.T, y)) / 2
 
@@ -214,6 +214,10 @@ def load_init(model, init:dict)->list[str]:
     model.load_state_dict({**own, **take})
     return missing
 
+def _init_tag(init:dict|None)->str:
+    "'' for a run from the initialisation, '-init-<hash of the initial weights>' for one that starts from a state dict (checkpoint names)."
+    return '' if init is None else f'-init-{fingerprint(init)[:12]}'
+
 def _vision_tag(cfg:dict)->str:
     "'' for the first stage's ViT image tower, '-rn<width>' for a ResNet one (checkpoint names)."
     v = cfg['vision_cfg']
@@ -240,8 +244,9 @@ def name_loss(model, tok, r:np.random.Generator, pool:list[str], n:int)->torch.T
     names = [pool[i] for i in r.choice(len(pool), n, replace=False)]
     a = [TEMPLATES[r.integers(len(TEMPLATES))].replace('*', w) for w in names]
     b = [NAME_CONTEXTS[r.integers(len(NAME_CONTEXTS))].replace('*', w) for w in names]
-    ea, eb = (F.normalize(encode_text_bucketed(model, tok(t)), dim=-1) for t in (a, b))
-    logits, y = model.logit_scale.exp().clamp(max=100) * ea @ eb.T, torch.arange(n)
+    dev = model.logit_scale.device
+    ea, eb = (F.normalize(encode_text_bucketed(model, tok(t).to(dev)), dim=-1) for t in (a, b))
+    logits, y = model.logit_scale.exp().clamp(max=100) * ea @ eb.T, torch.arange(n, device=dev)
     return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
 
 # %% ../nbs/00_world_tiny.ipynb #328826f5
@@ -282,6 +287,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
                      ckpt:Path|None=None, # checkpoint file (default: in the settings' cache_dir); resumed if present
                      every:int=25, # checkpoint period, in steps
                      threads:int|None=None, # torch CPU threads (None: torch's default)
+                     device:str='cpu', # torch device to train on ('auto': a GPU when there is one); the shipped weights were trained on the CPU
                      until:int|None=None, # stop after this step (as an interruption would); rerun to resume
                      progress:bool=True,
                     )->tuple:
@@ -294,13 +300,14 @@ def train_world_tiny(steps:int=600, # optimisation steps
     cfg = cfg or WORLD_TINY_CFG
     model = build_world_tiny(seed, cfg)
     if init is not None: load_init(model, init)
-    model.train(); opt = _optimizer(model, lr, wd)
+    device = resolve_device(device)
+    model.to(device).train(); opt = _optimizer(model, lr, wd)
     tag = _vision_tag(cfg) + (f'-{group_by}{groups}'.replace('+', '-') if group_by else '') + (f'-names{names}' if names else '') + (f'-iso{iso:g}' if iso else '') + (f'-crops{crops}' if crops else '') + ('-swaps' if swaps else '')
     pool = name_pool(tok, caps) if names else None
-    ckpt = Path(ckpt or get_settings().cache_dir/'world_tiny'/f'train-s{seed}-{steps}x{batch}{tag}{"-init" if init else ""}.pt')
+    ckpt = Path(ckpt or get_settings().cache_dir/'world_tiny'/f'train-s{seed}-{steps}x{batch}{tag}{_init_tag(init)}.pt')
     hist, start = [], 0
     if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False); model.load_state_dict(st['model']); opt.load_state_dict(st['opt'])
+        st = torch.load(ckpt, map_location=device, weights_only=False); model.load_state_dict(st['model']); opt.load_state_dict(st['opt'])
         hist, start = st['hist'], st['step']
     t0 = time.time()
     for step in range(start, min(steps, until or steps)):
@@ -314,7 +321,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
             cx, ct = main_crops(imgs[ci], [scenes[i] for i in ci], r)
             px, texts = torch.cat([px, cx]), texts + ct
         states = [] if iso else None
-        loss = clip_loss(model, px, tok(texts), states, tok(hard_negatives(texts, r)) if swaps else None)
+        loss = clip_loss(model, px.to(device), tok(texts).to(device), states, tok(hard_negatives(texts, r)).to(device) if swaps else None)
         total = loss + iso * shared_direction(states) if iso else loss
         if names: total = total + names_weight * name_loss(model, tok, r, pool, names)
         opt.zero_grad(); total.backward(); opt.step(); hist.append(loss.item())
@@ -398,27 +405,44 @@ def defaults_search(bb, # the backbone to tune POLAR for
                     gk:int=500, # size of the held-out generic caption→image set the general-knowledge drop is measured on
                     root:Path|None=None, # where to write it (default: a temporary folder)
                     progress:bool=False,
+                    cache:Path|bool|None=None, # rows file (.jsonl) a rerun resumes from; None: in the settings' cache_dir, named after the weights; False: none
                    )->pd.DataFrame:
     "Score POLAR with every combination of `grid` on the world's PerVL validation split: one row per combination."
-    import itertools, tempfile
+    import itertools, tempfile, hashlib
     from PIL import Image
     from polar_nb.world import make_benchmark, generic_retrieval
     from polar_nb.data import PerVLDeepFashion2
     from polar_nb.clip import image_features
     from polar_nb.baselines import Polar, evaluate, caption_recall
+    if cache is None:
+        where = hashlib.sha1(json.dumps([seed, profile, gk], sort_keys=True).encode()).hexdigest()[:8]
+        cache = get_settings().cache_dir/'defaults_search'/f'{fingerprint(bb.model)}-{where}.jsonl'
+    done = []
+    if cache:
+        cache = Path(cache); cache.parent.mkdir(parents=True, exist_ok=True)
+        if cache.exists(): done = [json.loads(l) for l in cache.read_text().splitlines() if l.strip()]
+    combos = [dict(lam=lam, lr=lr, iters=iters) for lam, lr, iters in itertools.product(grid['lam'], grid['lr'], grid['iters'])]
+    found = lambda key: next((r for r in done if {k: r[k] for k in key} == key), None)
+    if all(found(k) for k in combos): return _search_table([found(k) for k in combos])
     with tempfile.TemporaryDirectory() as d:
         val = PerVLDeepFashion2(make_benchmark(Path(root or d)/'pervl', 'pervl', seed=seed, profile=profile), 'validation')
         imgs, caps = generic_retrieval(gk, seed)  # concept-free scenes, a stream training never draws from
         pool = image_features(bb, [Image.fromarray(i) for i in imgs], cache=False, progress=False)
         base, rows = caption_recall(bb, caps, pool), []
-        for lam, lr, iters in itertools.product(grid['lam'], grid['lr'], grid['iters']):
-            m = Polar(lam=lam, lr=lr, iters=iters)
+        for key in combos:
+            if found(key): rows.append(found(key)); continue
+            m = Polar(**key)
             s = evaluate(m, val, bb, cache=Path(d)/'cache').set_index('split')
             drops = base - np.array([caption_recall(bb, caps, pool, m.text_updates(c)) for c in val.concepts])
-            rows.append(dict(lam=lam, lr=lr, iters=iters, context_mrr=s.loc['context-all', 'mrr'], concept_map=s.loc['concept', 'map'],
-                             gk_mean_drop=drops.mean(), gk_worst_drop=drops.max()))
+            rows.append(dict(**key, context_mrr=float(s.loc['context-all', 'mrr']), concept_map=float(s.loc['concept', 'map']),
+                             gk_mean_drop=float(drops.mean()), gk_worst_drop=float(drops.max())))
+            if cache:
+                with open(cache, 'a') as f: f.write(json.dumps(rows[-1]) + '\n')
             if progress: print(rows[-1], flush=True)
-    t = pd.DataFrame(rows)
+    return _search_table(rows)
+
+def _search_table(rows:list)->pd.DataFrame:
+    t = pd.DataFrame(rows)[['lam', 'lr', 'iters', 'context_mrr', 'concept_map', 'gk_mean_drop', 'gk_worst_drop']]
     return t.assign(score=(t.context_mrr + t.concept_map) / 2)
 
 def choose_defaults(search:pd.DataFrame, # `defaults_search`'s table
