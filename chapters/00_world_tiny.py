@@ -780,7 +780,7 @@ def defaults_search(bb, # the backbone to tune POLAR for
     if cache:
         cache = Path(cache); cache.parent.mkdir(parents=True, exist_ok=True)
         if cache.exists(): done = [json.loads(l) for l in cache.read_text().splitlines() if l.strip()]
-    combos = [dict(lam=lam, lr=lr, iters=iters) for lam, lr, iters in itertools.product(grid['lam'], grid['lr'], grid['iters'])]
+    combos = [dict(lam=float(lam), lr=float(lr), iters=int(iters)) for lam, lr, iters in itertools.product(grid['lam'], grid['lr'], grid['iters'])]
     found = lambda key: next((r for r in done if {k: r[k] for k in key} == key), None)
     if all(found(k) for k in combos): return _search_table([found(k) for k in combos])
     with tempfile.TemporaryDirectory() as d:
@@ -824,7 +824,7 @@ with tempfile.TemporaryDirectory() as d:
     _rows = [dict(lam=l, lr=1e-2, iters=50, context_mrr=.4, concept_map=c, gk_mean_drop=g, gk_worst_drop=2*g)
              for l, c, g in ((0., .3, .03), (.1, .2, .01), (.5, .1, 0.))]
     (Path(d)/'rows.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in _rows[::-1]))  # in any order
-    _t = defaults_search(_bb, grid=dict(lam=(0., .1), lr=(1e-2,), iters=(50,)), cache=Path(d)/'rows.jsonl')
+    _t = defaults_search(_bb, grid=dict(lam=np.array([0., .1]), lr=(1e-2,), iters=np.array([50])), cache=Path(d)/'rows.jsonl')  # numpy values too
 test_eq(_t.lam.tolist(), [0., .1]); test_close(_t.score.values, [.35, .3])
 _t
 

@@ -421,7 +421,7 @@ def defaults_search(bb, # the backbone to tune POLAR for
     if cache:
         cache = Path(cache); cache.parent.mkdir(parents=True, exist_ok=True)
         if cache.exists(): done = [json.loads(l) for l in cache.read_text().splitlines() if l.strip()]
-    combos = [dict(lam=lam, lr=lr, iters=iters) for lam, lr, iters in itertools.product(grid['lam'], grid['lr'], grid['iters'])]
+    combos = [dict(lam=float(lam), lr=float(lr), iters=int(iters)) for lam, lr, iters in itertools.product(grid['lam'], grid['lr'], grid['iters'])]
     found = lambda key: next((r for r in done if {k: r[k] for k in key} == key), None)
     if all(found(k) for k in combos): return _search_table([found(k) for k in combos])
     with tempfile.TemporaryDirectory() as d:
