@@ -417,20 +417,19 @@ def defaults_search(bb, # the backbone to tune POLAR for
     if cache is None:
         where = hashlib.sha1(json.dumps([seed, profile, gk], sort_keys=True).encode()).hexdigest()[:8]
         cache = get_settings().cache_dir/'defaults_search'/f'{fingerprint(bb.model)}-{where}.jsonl'
-    done = []
+    done = {}  # (lam, lr, iters) -> row
     if cache:
         cache = Path(cache); cache.parent.mkdir(parents=True, exist_ok=True)
-        if cache.exists(): done = [json.loads(l) for l in cache.read_text().splitlines() if l.strip()]
+        if cache.exists(): done = {(r['lam'], r['lr'], r['iters']): r for r in (json.loads(l) for l in cache.read_text().splitlines() if l.strip())}
     combos = [dict(lam=float(lam), lr=float(lr), iters=int(iters)) for lam, lr, iters in itertools.product(grid['lam'], grid['lr'], grid['iters'])]
-    found = lambda key: next((r for r in done if {k: r[k] for k in key} == key), None)
-    if all(found(k) for k in combos): return _search_table([found(k) for k in combos])
+    if all(tuple(k.values()) in done for k in combos): return _search_table([done[tuple(k.values())] for k in combos])
     with tempfile.TemporaryDirectory() as d:
         val = PerVLDeepFashion2(make_benchmark(Path(root or d)/'pervl', 'pervl', seed=seed, profile=profile), 'validation')
         imgs, caps = generic_retrieval(gk, seed)  # concept-free scenes, a stream training never draws from
         pool = image_features(bb, [Image.fromarray(i) for i in imgs], cache=False, progress=False)
         base, rows = caption_recall(bb, caps, pool), []
         for key in combos:
-            if found(key): rows.append(found(key)); continue
+            if tuple(key.values()) in done: rows.append(done[tuple(key.values())]); continue
             m = Polar(**key)
             s = evaluate(m, val, bb, cache=Path(d)/'cache').set_index('split')
             drops = base - np.array([caption_recall(bb, caps, pool, m.text_updates(c)) for c in val.concepts])
