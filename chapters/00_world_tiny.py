@@ -839,7 +839,7 @@ test_fail(lambda: choose_defaults(demo, max_drop=-1), contains='widen the grid')
 # initialisation (55 minutes, 1.63 s per step), then the second, 250 steps with a hard negative of
 # every caption (11 minutes, 2.62 s per step), then the third, 300 steps with 128 unseen-word prompt
 # pairs beside each batch (8.4 minutes), then the fourth, 250 steps with the unseen words and the
-# shared-direction penalty at weight 10 (7.7 minutes), then the search (24 of its 28 rows in 4.4 minutes). Each stage
+# shared-direction penalty at weight 10 (7.7 minutes), then the search (its 28 rows in 4.4 minutes). Each stage
 # checkpoints every 25 steps, and a stage that starts from another's weights is named after them
 # (`fingerprint`), so a rerun resumes where it stopped; the search keeps its rows the same way. The
 # search table is stored in the weights file with the defaults and the training history of the four
