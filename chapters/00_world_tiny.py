@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import pandas as pd
 from polar_nb.compat import import_open_clip
 from polar_nb.config import get_settings, resolve_device
-from polar_nb.clip import frozen_token_embedding, Backbone, fingerprint
+from polar_nb.clip import frozen_token_embedding, Backbone, fingerprint, save_safetensors
 
 # %% [markdown]
 # ## The architecture
@@ -654,14 +654,12 @@ def save_world_tiny(model, # a trained world-tiny CLIP
                     search:pd.DataFrame|None=None, # the table the defaults were chosen from (`defaults_search`)
                    )->Path:
     "Write world-tiny's trained weights (not the frozen token table) and metadata to safetensors."
-    from safetensors.torch import save_file
     sd = {k: v.detach().cpu().float().contiguous() for k,v in model.state_dict().items() if k != 'token_embedding.weight'}
     meta = dict(format='polar-nb/backbone-1', name='world-tiny', model_cfg=json.dumps(WORLD_TINY_CFG),
                 defaults=json.dumps(defaults), token_embedding=json.dumps(dict(init='normal(0, 0.02)', seed=TOKEN_SEED)),
                 history=json.dumps([round(h, 4) for h in history or []]), train=json.dumps(train or {}),
                 defaults_search='[]' if search is None else search.to_json(orient='records'))
-    save_file(sd, str(path), metadata=meta)
-    return Path(path)
+    return save_safetensors(sd, path, meta)
 
 
 # %% [markdown]
@@ -843,7 +841,8 @@ test_fail(lambda: choose_defaults(demo, max_drop=-1), contains='widen the grid')
 # checkpoints every 25 steps, and a stage that starts from another's weights is named after them
 # (`fingerprint`), so a rerun resumes where it stopped; the search keeps its rows the same way. The
 # search table is stored in the weights file with the defaults and the training history of the four
-# stages (the image-caption loss; the text-to-text loss and the penalty are not in it).
+# stages (the image-caption loss; the text-to-text loss and the penalty are not in it). Run again
+# from its caches, the cell writes the same file byte for byte (`save_safetensors`; checked twice).
 #
 # The backbone shipped before this one had another recipe: a first stage of 500 steps with the ViT
 # image tower (world seed 0), a second of 1,200 steps with the ResNet and the first stage's text

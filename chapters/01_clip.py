@@ -149,6 +149,53 @@ test_fail(lambda: load_backbone('ViT-Q-99', device='cpu'), contains='unknown bac
 # open_clip model configuration, the name, and the backbone's tuned defaults. The embedded
 # `world-tiny` is such a file, shipped under `data/`.
 
+# %% [markdown]
+# Every safetensors file the package writes goes through `save_safetensors`. The safetensors
+# library orders the keys of a file's header as a hash map happens to (the order changes from one
+# process to the next), so the same tensors and metadata would give a different file each time;
+# `save_safetensors` writes the header with its keys sorted, so the same content is the same bytes,
+# and moves a complete file into place (an interrupted write leaves no truncated file behind; a
+# missing folder is made).
+
+# %%
+#| export
+def save_safetensors(tensors:dict, # name -> tensor
+                     path:str|Path, # the .safetensors file to write
+                     metadata:dict|None=None, # str -> str, stored in the header
+                    )->Path:
+    "Write `tensors` and `metadata` to a safetensors file whose bytes depend on its content only (header keys sorted); atomic."
+    from safetensors.torch import save
+    b = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    n = int.from_bytes(b[:8], 'little')
+    h = json.dumps(json.loads(b[8:8+n]), sort_keys=True, separators=(',', ':'), ensure_ascii=False).encode()
+    h += b' ' * (-len(h) % 8)  # the data that follows stays 8-byte aligned
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True); tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'wb') as fh: fh.write(len(h).to_bytes(8, 'little') + h + b[8+n:])
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+    return path
+
+
+# %%
+import tempfile
+from safetensors import safe_open
+with tempfile.TemporaryDirectory() as d:
+    ts = dict(b=torch.arange(6.).view(2, 3), a=torch.ones(3, dtype=torch.float16), c=torch.zeros(1, dtype=torch.int64))
+    md = {k: f'value of {k} – ü' for k in 'hgfedcba'}
+    files = [save_safetensors(ts, Path(d)/f'{i}.safetensors', md) for i in range(4)]
+    blobs = [f.read_bytes() for f in files]
+    with safe_open(str(files[0]), 'pt') as f:
+        test_eq(f.metadata(), md)
+        for k, v in ts.items(): test_eq(f.get_tensor(k), v)
+    test_eq(sorted(p.name for p in Path(d).iterdir()), [f'{i}.safetensors' for i in range(4)])  # no temporary file left
+test_eq(len(set(blobs)), 1)  # four writes, one byte string
+n = int.from_bytes(blobs[0][:8], 'little'); head = json.loads(blobs[0][8:8+n])
+test_eq(list(head), sorted(head)); test_eq(list(head['__metadata__']), sorted(md))
+test_eq((8 + n) % 8, 0)
+blobs[0][8:8+n].decode()[:120]
+
+
 # %%
 #| export
 def save_safetensors_backbone(bb:Backbone, # the backbone to store
@@ -156,11 +203,9 @@ def save_safetensors_backbone(bb:Backbone, # the backbone to store
                               model_cfg:dict, # open_clip model configuration (embed_dim, vision_cfg, text_cfg, ...)
                              )->Path:
     "Write `bb`'s weights, configuration, name and defaults to one safetensors file."
-    from safetensors.torch import save_file
     sd = {k: v.detach().cpu().contiguous() for k,v in bb.model.state_dict().items()}
     meta = dict(format='polar-nb/backbone-1', name=bb.name, model_cfg=json.dumps(model_cfg), defaults=json.dumps(bb.defaults))
-    save_file(sd, str(path), metadata=meta)
-    return Path(path)
+    return save_safetensors(sd, path, meta)
 
 
 # %% [markdown]

@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from polar_nb.clip import Backbone, tokenize, token_id, eot_positions
+from polar_nb.clip import Backbone, tokenize, token_id, eot_positions, save_safetensors
 
 # %% [markdown]
 # ## Where an update can go
@@ -859,11 +859,9 @@ FORMAT = 'polar-nb/lowrank-1'
 @patch
 def save(self:LowRankUpdate, path:str|Path)->Path:
     "Write the update to a safetensors file (factors + metadata)."
-    from safetensors.torch import save_file
     meta = dict(format=FORMAT, param=self.param, layer=json.dumps(self.layer), token=self.token, backbone=self.backbone,
                 width=str(self.width), rank=str(self.rank), history=json.dumps(self.history), meta=json.dumps(self.meta))
-    save_file(dict(A=self.A.contiguous(), B=self.B.contiguous()), str(path), metadata=meta)
-    return Path(path)
+    return save_safetensors(dict(A=self.A, B=self.B), path, meta)
 
 
 # %%

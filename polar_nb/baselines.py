@@ -18,7 +18,7 @@ import numpy as np, pandas as pd, torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .clip import Backbone, image_features, tokenize, token_id, fingerprint
+from .clip import Backbone, image_features, tokenize, token_id, fingerprint, save_safetensors
 from .config import get_settings
 from .data import Query
 from .metrics import metrics_table, metric_columns
@@ -134,12 +134,6 @@ def concept_file(root:Path, # `cache_root(...)`
     key = json.dumps(dict(backbone=bb.name, weights=weights, support=hashes, hp=hp), sort_keys=True, default=str)
     return root/method/_safe(bb.name)/f'{_safe(c)}-{hashlib.blake2b(key.encode(), digest_size=12).hexdigest()}.safetensors'
 
-def _atomic(path:Path, write):
-    "Call `write(tmp)` and move the result to `path`, so a file in the cache is always complete."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'{path.stem}.{os.getpid()}.tmp')
-    write(tmp); os.replace(tmp, path)
-
 # %% ../nbs/04_baselines.ipynb #cf25225d
 def concept_word(template:str|None, # '{token}', '{token} {coarse}', ...; None: the benchmark's (see below)
                  cs:ConceptSet, c, token:str='sks')->str:
@@ -181,7 +175,7 @@ class Polar(Method):
             f = root and concept_file(root, 'polar', bb, weights, c, cs.hashes[c], dict(hp, token=self.token, prompts=prompts))
             if f and f.is_file(): self.updates[c] = LowRankUpdate.load(f, bb); self.counts['loaded'] += 1; continue
             self.updates[c] = u = personalize(bb, cs.feats[c], prompts, token=self.token, **hp)
-            if f: _atomic(f, u.save)
+            if f: u.save(f)
             self.counts['trained'] += 1
         return self
 
@@ -258,8 +252,7 @@ def invert_token(bb:Backbone, # the backbone (its weights are left untouched)
 
 # %% ../nbs/04_baselines.ipynb #b5206b09
 def _save_vector(path:Path, v:torch.Tensor, meta:dict):
-    from safetensors.torch import save_file
-    save_file(dict(vector=v.contiguous()), str(path), metadata=dict(format='polar-nb/token-vector-1', meta=json.dumps(meta)))
+    save_safetensors(dict(vector=v), path, dict(format='polar-nb/token-vector-1', meta=json.dumps(meta)))
 
 def _load_vector(path:Path)->tuple[torch.Tensor, dict]:
     from safetensors import safe_open
@@ -291,7 +284,7 @@ class TextualInversion(Method):
             if f and f.is_file(): self.vectors[c] = _load_vector(f)[0]; self.counts['loaded'] += 1; continue
             v0 = initial_vector(bb, self.init, name, self.token, self.seed)
             self.vectors[c], hist = invert_token(bb, cs.feats[c], prompts, v0, iters=iters, lr=lr, token=self.token)
-            if f: _atomic(f, lambda p: _save_vector(p, self.vectors[c], dict(hp, history=hist)))
+            if f: _save_vector(f, self.vectors[c], dict(hp, history=hist))
             self.counts['trained'] += 1
         return self
 

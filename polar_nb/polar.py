@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .clip import Backbone, tokenize, token_id, eot_positions
+from .clip import Backbone, tokenize, token_id, eot_positions, save_safetensors
 
 # %% ../nbs/03_polar.ipynb #654f65ec
 PARAMS = dict(q='attention query (in_proj rows 0:d)', k='attention key (in_proj rows d:2d)',
@@ -439,11 +439,9 @@ FORMAT = 'polar-nb/lowrank-1'
 @patch
 def save(self:LowRankUpdate, path:str|Path)->Path:
     "Write the update to a safetensors file (factors + metadata)."
-    from safetensors.torch import save_file
     meta = dict(format=FORMAT, param=self.param, layer=json.dumps(self.layer), token=self.token, backbone=self.backbone,
                 width=str(self.width), rank=str(self.rank), history=json.dumps(self.history), meta=json.dumps(self.meta))
-    save_file(dict(A=self.A.contiguous(), B=self.B.contiguous()), str(path), metadata=meta)
-    return Path(path)
+    return save_safetensors(dict(A=self.A, B=self.B), path, meta)
 
 # %% ../nbs/03_polar.ipynb #dbaa4f9b
 @patch(cls_method=True)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import pandas as pd
 from .compat import import_open_clip
 from .config import get_settings, resolve_device
-from .clip import frozen_token_embedding, Backbone, fingerprint
+from .clip import frozen_token_embedding, Backbone, fingerprint, save_safetensors
 
 # %% ../nbs/00_world_tiny.ipynb #f3dc30a0
 WORLD_TINY_VIT_CFG = dict(  # a ViT image tower, tried and not shipped
@@ -340,14 +340,12 @@ def save_world_tiny(model, # a trained world-tiny CLIP
                     search:pd.DataFrame|None=None, # the table the defaults were chosen from (`defaults_search`)
                    )->Path:
     "Write world-tiny's trained weights (not the frozen token table) and metadata to safetensors."
-    from safetensors.torch import save_file
     sd = {k: v.detach().cpu().float().contiguous() for k,v in model.state_dict().items() if k != 'token_embedding.weight'}
     meta = dict(format='polar-nb/backbone-1', name='world-tiny', model_cfg=json.dumps(WORLD_TINY_CFG),
                 defaults=json.dumps(defaults), token_embedding=json.dumps(dict(init='normal(0, 0.02)', seed=TOKEN_SEED)),
                 history=json.dumps([round(h, 4) for h in history or []]), train=json.dumps(train or {}),
                 defaults_search='[]' if search is None else search.to_json(orient='records'))
-    save_file(sd, str(path), metadata=meta)
-    return Path(path)
+    return save_safetensors(sd, path, meta)
 
 # %% ../nbs/00_world_tiny.ipynb #8e79829c
 @torch.no_grad()
