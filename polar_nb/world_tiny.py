@@ -10,7 +10,7 @@ __all__ = ['WORLD_TINY_VIT_CFG', 'WORLD_TINY_CFG', 'TOKEN_SEED', 'MEAN', 'STD', 
            'swap_word', 'hard_negatives', 'bank_scenes', 'scene_groups', 'main_crops', 'load_init', 'name_pool',
            'name_loss', 'shared_direction', 'update_share', 'train_world_tiny', 'save_world_tiny', 'image_feats',
            'text_feats', 'caption_recall', 'zero_shot_accuracy', 'world_tiny_path', 'defaults_search',
-           'choose_defaults', 'probe_accuracy', 'image_probes', 'swap_similarity']
+           'choose_defaults', 'probe_accuracy', 'image_probes', 'tie_recall', 'swap_similarity']
 
 # %% ../nbs/00_world_tiny.ipynb #935fa033
 import io, json, math, re, time
@@ -470,6 +470,14 @@ def image_probes(I:torch.Tensor, # image features of `scenes` (`image_feats`)
                   **{k: (np.array([getattr(l, k) for l in looks]), obj) for k in ('cls', 'colour', 'pattern')})
     return pd.DataFrame([dict(attribute=k, n=int(m.sum()), probe=probe_accuracy(I[m], y, folds),
                               majority=pd.Series(y).value_counts(normalize=True).iloc[0]) for k, (y, m) in labels.items()]).set_index('attribute')
+
+# %% ../nbs/00_world_tiny.ipynb #6f1887d0
+def tie_recall(keys:list, # the facts an ideal retriever knows of each pool image (hashable)
+               k:int=10)->float:
+    "Expected recall@k of a retriever that ranks each caption's image tied with every image of the same key, ties broken at random."
+    from collections import Counter
+    n = Counter(keys)
+    return float(np.mean([min(1., k / n[x]) for x in keys]))
 
 # %% ../nbs/00_world_tiny.ipynb #28d70140
 def swap_similarity(bb, # a backbone
