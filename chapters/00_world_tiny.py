@@ -27,6 +27,7 @@ from fastcore.test import test_eq, test_ne, test_close, test_fail
 # %%
 #| export
 import io, json, math, re, time
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 import numpy as np
@@ -1025,7 +1026,6 @@ assert probes.probe['cls'] < probes.probe['colour']  # the limit the text below 
 def tie_recall(keys:list, # the facts an ideal retriever knows of each pool image (hashable)
                k:int=10)->float:
     "Expected recall@k of a retriever that ranks each caption's image tied with every image of the same key, ties broken at random."
-    from collections import Counter
     n = Counter(keys)
     return float(np.mean([min(1., k / n[x]) for x in keys]))
 
@@ -1037,21 +1037,19 @@ test_close(tie_recall(['a'] * 20, k=1), 1 / 20, eps=1e-9)
 
 # %%
 from polar_nb.world import conconchi_plan, thing_phrase as _tp, _brief
-def _facts(s, what):
-    "The facts of scene `s` an ideal retriever is given."
+def _facts(s)->dict:
+    "The facts of scene `s` an ideal retriever may be given, by name."
     main, near = _tp(s.things[0], None, True), tuple(sorted(_brief(u) for u in s.things[1:3]))  # as `vlm_caption` names them
     concepts = tuple(sorted(t.concept for t in s.things if t.concept is not None))
     return dict(caption=(main, s.context, near), main_place=(main, s.context), concepts_place=(concepts, s.context),
-                concepts_place_near=(concepts, s.context, near))[what]
-ideal = {}
-for prof in ('small', 'full'):
-    pool = [s for r in conconchi_plan(0, prof)[1] for s in r.scenes]
-    ideal[f'{prof} ({len(pool)} photos)'] = {w: tie_recall([_facts(s, w) for s in pool])
-                                            for w in ('caption', 'main_place', 'concepts_place', 'concepts_place_near')}
-from collections import Counter
-ties = Counter(_facts(s, 'concepts_place') for s in pool)  # the full pool (the loop's last)
+                concepts_place_near=(concepts, s.context, near))
+pools = {prof: [s for r in conconchi_plan(0, prof)[1] for s in r.scenes] for prof in ('small', 'full')}
+facts = {prof: [_facts(s) for s in p] for prof, p in pools.items()}
+ideal = {f'{prof} ({len(f)} photos)': {w: tie_recall([x[w] for x in f]) for w in f[0]} for prof, f in facts.items()}
+pool = pools['full']
+ties = Counter(x['concepts_place'] for x in facts['full'])
 px = lambda ts: float(np.median([t.h * 64 for t in ts if not t.person]))
-print(f"full pool: median photos sharing a photo's concepts and place {np.median([ties[_facts(s, 'concepts_place')] for s in pool]):.0f}; "
+print(f"full pool: median photos sharing a photo's concepts and place {np.median([ties[x['concepts_place']] for x in facts['full']]):.0f}; "
       f"median height at 64 px: main thing {px([s.things[0] for s in pool]):.1f}, things beside it {px([u for s in pool for u in s.things[1:3]]):.1f}")
 ideal = pd.DataFrame(ideal).rename(index=dict(caption='all the caption says (main thing in full, place, things beside it)',
     main_place='the main thing in full and the place', concepts_place='which concepts and the place',
@@ -1074,7 +1072,7 @@ assert ideal.iloc[2, 1] < .7 < ideal.iloc[3, 1]  # in the full pool, the concept
 
 # %%
 from polar_nb.world import render
-fp = pool[::3]  # the full pool of the cell above
+fp = pool[::3]  # the full pool of the cell above (every third photo)
 If = np.asarray(image_feats(bb, np.stack([np.asarray(render(s, 64)) for s in fp])))
 obj = lambda t: t is not None and not t.person
 main, near = [s.things[0] for s in fp], [s.things[1] if len(s.things) > 1 else None for s in fp]
@@ -1210,7 +1208,7 @@ assert sw['cls'] > sw['place'] > sw['colour']  # the order the text below descri
 # | VLM-caption recall@10, `full` world 0 | 0.450 | 0.448 | 0.444 | 0.457 | 0.427 | 0.429 |
 #
 # Four times the steps of either kind raise the class accuracy a little and leave the full pool
-# where it was (0.44 to 0.46 in every run since E): on two CPU cores, more of the same training
+# where it was (0.43 to 0.46 in every run since E): on two CPU cores, more of the same training
 # is not the way to 0.70.
 
 # %% [markdown]

@@ -14,6 +14,7 @@ __all__ = ['WORLD_TINY_VIT_CFG', 'WORLD_TINY_CFG', 'TOKEN_SEED', 'MEAN', 'STD', 
 
 # %% ../nbs/00_world_tiny.ipynb #935fa033
 import io, json, math, re, time
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 import numpy as np
@@ -475,7 +476,6 @@ def image_probes(I:torch.Tensor, # image features of `scenes` (`image_feats`)
 def tie_recall(keys:list, # the facts an ideal retriever knows of each pool image (hashable)
                k:int=10)->float:
     "Expected recall@k of a retriever that ranks each caption's image tied with every image of the same key, ties broken at random."
-    from collections import Counter
     n = Counter(keys)
     return float(np.mean([min(1., k / n[x]) for x in keys]))
 
