@@ -28,10 +28,11 @@
 #| hide
 from nbdev.showdoc import show_doc
 from fastcore.test import test_eq, test_fail
+import tempfile
 
 # %%
 #| export
-import csv, json, re, warnings
+import csv, io, json, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
@@ -84,7 +85,10 @@ queries_frame([q, Query('An image of *', [3], [1], [1, 2, 5], dict(kind='concept
 #
 # A missing folder or file is a `FileNotFoundError` that names the path and shows the layout
 # expected (the layouts are the ones `settings.ini` documents, from `polar_nb.config.LAYOUTS`). A
-# row that cannot be read is a `ValueError` naming the file and the row.
+# row that cannot be read is a `ValueError` naming the file and the row. Every annotation file is
+# UTF-8 text: a file that is not is a `ValueError` naming it and the position of its first bad byte.
+# JSON files are read with each key at most once per object (JSON lets a key repeat and keeps the
+# last value; a repeated key means two values for one thing, so it is an error).
 
 # %%
 #| export
@@ -97,11 +101,42 @@ def _bad(path:Path, where:str, msg:str)->ValueError:
     "The error for a malformed row: file, row, what is wrong."
     return ValueError(f"{path}, {where}: {msg}")
 
+def _text(path:Path)->str:
+    "The UTF-8 text of `path` (line ends kept), else a ValueError naming the file and the first bad byte."
+    data = path.read_bytes()
+    try: return data.decode('utf-8')
+    except UnicodeDecodeError as e: at, line = e.start, data[:e.start].count(b'\n') + 1
+    raise ValueError(f"{path}: not UTF-8 text: byte {at} (line {line}) is {data[at:at+1]!r}")
+
+
+# %%
+#| export
+def _unique_keys(pairs:list)->dict:
+    "The JSON object of `pairs`, each key at most once."
+    keys = [k for k,_ in pairs]
+    if len(set(keys)) < len(keys): raise ValueError(f"key {next(k for k in keys if keys.count(k) > 1)!r} appears twice in one object")
+    return dict(pairs)
+
+def _json(path:Path):
+    "The JSON value in `path`, else a ValueError naming the file."
+    text = _text(path)
+    try: return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except ValueError as e: raise ValueError(f"{path}: {e}") from None
+
 
 # %%
 test_fail(lambda: _need(Path('/nonexistent/test.json'), 'conconchi'), contains='/nonexistent/test.json')
 try: _need(Path('/nonexistent/test.json'), 'conconchi')
 except FileNotFoundError as e: print(e)
+
+# %%
+tmp = Path(tempfile.mkdtemp())
+(tmp/'latin1.csv').write_bytes('image_name,caption\n1.jpg,a café\n'.encode('latin-1'))
+test_fail(lambda: _text(tmp/'latin1.csv'), contains='latin1.csv: not UTF-8 text: byte 30 (line 2)')
+(tmp/'twice.json').write_text('{"a.jpg": "one", "a.jpg": "two"}')
+test_fail(lambda: _json(tmp/'twice.json'), contains="twice.json: key 'a.jpg' appears twice")
+test_eq(_unique_keys([('a', 1), ('b', 2)]), {'a': 1, 'b': 2})
 
 
 # %% [markdown]
@@ -134,7 +169,9 @@ class Benchmark:
 # VLM captions (the general-knowledge test of the paper) come as a JSON file mapping an image path,
 # relative to the benchmark's root, to a caption, e.g. `{"data/images/IMG_0034.jpeg": "A doll is
 # sitting in a black office chair."}`. They are returned in pool order; a pool image without a
-# caption is an error.
+# caption is an error, and so are a caption that is not a string and two keys naming one image
+# (`"data/images/a.jpg"` and `"./data/images/a.jpg"`). Captions of images outside the pool are
+# ignored: one file may serve several splits (the PerVL world writes one for both).
 
 # %%
 #| export
@@ -145,10 +182,31 @@ def vlm_captions(self:Benchmark,
     "The captions of `path` aligned with `self.pool`."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path} does not exist: expected a JSON file {{relative image path: caption}}")
-    caps = {self.root/k: v for k,v in json.loads(path.read_text(encoding='utf-8')).items()}
+    caps = _caption_file(path, self.root)
     missing = [str(p) for p in self.pool if p not in caps]
     if missing: raise ValueError(f"{path}: no caption for {len(missing)} pool image(s), e.g. {missing[:3]}")
     return [caps[p] for p in self.pool]
+
+def _caption_file(path:Path, # JSON file {image path relative to `root`: caption}
+                  root:Path, # the benchmark's root
+                 )->dict[Path, str]:
+    "The captions of `path` keyed by image path, checked: one string per image."
+    d, caps = _json(path), {}
+    if not isinstance(d, dict): raise ValueError(f"{path}: expected an object {{relative image path: caption}}, not a {type(d).__name__}")
+    for k, v in d.items():
+        if not isinstance(v, str): raise ValueError(f"{path}: the caption of {k!r} must be a string, not {v!r}")
+        if root/k in caps: raise ValueError(f"{path}: two keys name the image {root/k}")
+        caps[root/k] = v
+    return caps
+
+
+# %%
+(tmp/'caps.json').write_text(json.dumps({'data/images/a.jpg': 'a toy', 'data/images/b.jpg': 'a mug'}))
+test_eq(_caption_file(tmp/'caps.json', tmp), {tmp/'data/images/a.jpg': 'a toy', tmp/'data/images/b.jpg': 'a mug'})
+(tmp/'caps.json').write_text(json.dumps({'data/images/a.jpg': 'a toy', './data/images/a.jpg': 'a toy again'}))
+test_fail(lambda: _caption_file(tmp/'caps.json', tmp), contains='two keys name the image')
+(tmp/'caps.json').write_text(json.dumps({'data/images/a.jpg': None}))
+test_fail(lambda: _caption_file(tmp/'caps.json', tmp), contains="the caption of 'data/images/a.jpg' must be a string")
 
 
 # %%
@@ -180,8 +238,8 @@ def missing_images(self:Benchmark)->list[Path]:
 # - `CONCEPTS`: the concept ids in the image, in the order of the `*`s of `LABEL`;
 # - `LABEL`: the query text, e.g. `"* on a couch next to *"`;
 # - `ADDITIONAL GTS`: other images that also answer the query (`test.json`);
-# - `KIND`, `ENV`: the kind of context and the environment; `KIND == "negative"` marks
-#   distractor images that are never queries.
+# - `KIND`, `ENV`: the kind of context and the environment; `KIND` is `"common"` or
+#   `"uncommon"` for a query, and `"negative"` marks distractor images that are never queries.
 #
 # The benchmark's own loader (`vlpers/datasets/conconchi.py` of `hsp-iit/concon-chi_benchmark`,
 # which POLAR's `conconchi_dataset.py` follows) builds the retrieval pool by exploding `GTS` over
@@ -196,8 +254,6 @@ def missing_images(self:Benchmark)->list[Path]:
 # images, two negative rows, and additional GTS both inside and outside the pool.
 
 # %%
-import tempfile
-
 def write_json(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True); path.write_text(json.dumps(obj, indent=1))
 
@@ -221,23 +277,30 @@ print((cc_root/'data/annotations/test.json').read_text()[:400])
 
 
 # %% [markdown]
-# Reading a file checks each row: `GTS` a non-empty list of image paths, `ADDITIONAL GTS` a list
-# (missing means none), `CONCEPTS` a list of known concept ids. A `LABEL` whose number of `*`s
-# differs from its number of concepts is read as it is, with a warning, since the methods fill the
-# `*`s in order. In the tables, the key `ADDITIONAL GTS` becomes the column `ADDITIONAL_GTS`.
+# Reading a file checks each row. Both files need `GTS`, a non-empty list of image paths, and
+# `CONCEPTS`, a list of known concept ids. `test.json` also needs `KIND`, a string, since it decides
+# whether the row is a query, and each row that is not negative needs `LABEL`, the query text. A
+# required key that is missing is an error naming the file, the row and the key. `ADDITIONAL GTS`
+# is a list (missing means none) and `ENV` is read as it is (missing means `None`); `train.json`
+# rows are read for their `GTS` and `CONCEPTS` only. In the tables, the key `ADDITIONAL GTS`
+# becomes the column `ADDITIONAL_GTS`.
 
 # %%
 #| export
 def _read_json(path:Path)->dict:
     "The annotation object in `path`, with its list of `data` rows."
-    try: d = json.loads(path.read_text(encoding='utf-8'))
-    except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
+    d = _json(path)
     if not isinstance(d, dict) or not isinstance(d.get('data'), list): raise ValueError(f"{path}: expected an object with a 'data' list")
     return d
 
+def _key(r:dict, key:str, path:Path, i:int):
+    "The value of `key` in row `i`, else a ValueError naming the file, the row and the key."
+    if key not in r: raise _bad(path, f"data row {i}", f"missing key {key!r} (the row has {list(r)})")
+    return r[key]
+
 def _images(r:dict, key:str, path:Path, i:int, required=True)->list[str]:
     "The image paths under `key` of row `i`, checked."
-    v = r.get(key, None if required else [])
+    v = _key(r, key, path, i) if required else r.get(key, [])
     if not isinstance(v, list) or not all(isinstance(g, str) and g for g in v) or (required and not v):
         raise _bad(path, f"data row {i}", f"{key!r} must be a {'non-empty ' if required else ''}list of image paths, not {v!r}")
     return v
@@ -247,26 +310,83 @@ def _images(r:dict, key:str, path:Path, i:int, required=True)->list[str]:
 #| export
 def _concept_ids(r:dict, path:Path, i:int, n:int)->list[int]:
     "The `CONCEPTS` of row `i`, checked to be ids in `0..n-1`."
-    v = r.get('CONCEPTS')
+    v = _key(r, 'CONCEPTS', path, i)
     if not isinstance(v, list) or not all(type(c) is int and 0 <= c < n for c in v):
         raise _bad(path, f"data row {i}", f"'CONCEPTS' must be a list of concept ids in 0..{n-1}, not {v!r}")
     return v
 
-def _rows(d:dict, path:Path, n:int)->pd.DataFrame:
+_KINDS = ('common', 'uncommon', 'negative')  # the KIND values of test.json rows
+
+def _label_kind(r:dict, path:Path, i:int)->tuple:
+    "LABEL and KIND of test.json row `i`: KIND a string, LABEL the query text unless KIND is 'negative'."
+    kind = _key(r, 'KIND', path, i)
+    if not isinstance(kind, str): raise _bad(path, f"data row {i}", f"'KIND' must be a string such as {_KINDS}, not {kind!r}")
+    label = r.get('LABEL') if kind == 'negative' else _key(r, 'LABEL', path, i)
+    if kind != 'negative' and not isinstance(label, str): raise _bad(path, f"data row {i}", f"'LABEL' must be the query text, not {label!r}")
+    return label, kind
+
+
+# %% [markdown]
+# Some rows of `test.json` are read as they are, as the benchmark's own loader reads them, with a
+# warning naming them, because they are most likely mistakes: a `KIND` that is none of `common`,
+# `uncommon` and `negative` (only `negative` marks a distractor, so such a row is a query), a query
+# row with no concept, and `CONCEPTS` naming a concept twice (the methods apply a concept once, and
+# concept-only queries do not rank such an image, its row having more than one concept).
+
+# %%
+#| export
+def _warn_rows(path:Path, idx, msg:str):
+    "A warning about the data rows `idx` of `path` (the first ten named), when there are any."
+    idx = [int(i) for i in idx]
+    if idx: warnings.warn(f"{path}, data rows {idx[:10]}{'…' if len(idx) > 10 else ''} ({len(idx)}): {msg}")
+
+def _warn_queries(rows:pd.DataFrame, path:Path):
+    "Warn about the rows of test.json that are most likely wrong: unknown KIND, a query without concept, a concept twice."
+    q = rows[rows.KIND != 'negative']
+    odd = q.KIND[~q.KIND.isin(_KINDS)]
+    _warn_rows(path, odd.index, f"KIND {', '.join(map(repr, sorted(set(odd))))} is not one of {_KINDS}: these rows are queries")
+    _warn_rows(path, q.index[q.CONCEPTS.map(len) == 0], "a query row with no concept")
+    _warn_rows(path, rows.index[rows.CONCEPTS.map(lambda c: len(set(c)) < len(c))], "CONCEPTS name a concept more than once")
+
+
+# %%
+odd = pd.DataFrame(dict(KIND=['common', 'Common', 'common', 'negative', 'Negative'], CONCEPTS=[[0], [0, 0], [], [0], []]))
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter('always'); _warn_queries(odd, Path('test.json'))
+test_eq([str(x.message) for x in w], [
+    "test.json, data rows [1, 4] (2): KIND 'Common', 'Negative' is not one of ('common', 'uncommon', 'negative'): these rows are queries",
+    "test.json, data rows [2, 4] (2): a query row with no concept", "test.json, data rows [1] (1): CONCEPTS name a concept more than once"])
+
+
+# %%
+#| export
+def _rows(d:dict, # an annotation object, from `_read_json`
+          path:Path, # its file, for messages
+          n:int, # the number of concepts
+          test:bool=False, # whether it is test.json: KIND, and LABEL of queries, required
+         )->pd.DataFrame:
     "The rows of a ConCon-Chi annotation file, checked, one per row of `data` in file order."
     out = []
     for i, r in enumerate(d['data']):
         if not isinstance(r, dict): raise _bad(path, f"data row {i}", f"expected an object, not {r!r}")
-        out.append(dict(LABEL=r.get('LABEL'), GTS=_images(r, 'GTS', path, i), CONCEPTS=_concept_ids(r, path, i, n),
-                        ADDITIONAL_GTS=_images(r, 'ADDITIONAL GTS', path, i, required=False), KIND=r.get('KIND'), ENV=r.get('ENV')))
-    return pd.DataFrame(out, columns=['LABEL', 'GTS', 'CONCEPTS', 'ADDITIONAL_GTS', 'KIND', 'ENV'])
+        label, kind = _label_kind(r, path, i) if test else (r.get('LABEL'), r.get('KIND'))
+        out.append(dict(LABEL=label, GTS=_images(r, 'GTS', path, i), CONCEPTS=_concept_ids(r, path, i, n),
+                        ADDITIONAL_GTS=_images(r, 'ADDITIONAL GTS', path, i, required=False), KIND=kind, ENV=r.get('ENV')))
+    rows = pd.DataFrame(out, columns=['LABEL', 'GTS', 'CONCEPTS', 'ADDITIONAL_GTS', 'KIND', 'ENV'])
+    if test: _warn_queries(rows, path)
+    return rows
 
 
 # %%
-test_rows = _rows(_read_json(cc_root/'data/annotations/test.json'), Path('test.json'), 3)
+test_rows = _rows(_read_json(cc_root/'data/annotations/test.json'), Path('test.json'), 3, test=True)
 test_eq(test_rows.KIND.tolist(), ['common', 'uncommon', 'common', 'negative', 'negative'])
 test_fail(lambda: _rows({'data': [{'GTS': ['a.jpg'], 'CONCEPTS': [3]}]}, Path('test.json'), 3), contains='test.json, data row 0')
 test_fail(lambda: _rows({'data': [{'GTS': 'a.jpg', 'CONCEPTS': [0]}]}, Path('test.json'), 3), contains="'GTS' must be")
+test_fail(lambda: _rows({'data': [{'GTS': ['a.jpg'], 'CONCEPTS': [0]}]}, Path('test.json'), 3, test=True),
+          contains="test.json, data row 0: missing key 'KIND'")
+test_fail(lambda: _rows({'data': [{'GTS': ['a.jpg'], 'CONCEPTS': [0], 'KIND': 'common'}]}, Path('test.json'), 3, test=True),
+          contains="data row 0: missing key 'LABEL'")
+test_eq(_rows({'data': [{'GTS': ['a.jpg'], 'CONCEPTS': [], 'KIND': 'negative'}]}, Path('test.json'), 3, test=True).LABEL[0], None)
 test_rows
 
 
@@ -311,7 +431,7 @@ class ConConChi(Benchmark):
         self.concepts = list(range(len(self._descriptions)))
         self._ids = set(self.concepts)
         self.train = _rows(train, self.train_file, len(self.concepts))
-        self.test = _rows(test, self.test_file, len(self.concepts))
+        self.test = _rows(test, self.test_file, len(self.concepts), test=True)
         self.pool_table = _pool(self.test, self.test_file)
         self.pool = [self.images/g for g in self.pool_table.image]
 
@@ -361,23 +481,29 @@ cc.descriptions(0)
 
 # %% [markdown]
 # Context queries are the rows of `test.json` that are not negatives, in file order. Positives are
-# the pool positions of `GTS + ADDITIONAL GTS`, in that order, skipping images outside the pool.
+# the pool positions of `GTS + ADDITIONAL GTS`, in that order, skipping images outside the pool:
+# positives are defined as pool images, so those are not an error, but a warning counts them and
+# names their rows (in the demo, `train/toy1.jpg`, a support image).
 
 # %%
 #| export
 @patch
 def _context_queries(self:ConConChi)->list[Query]:
     "One query per non-negative row of `test.json`: its LABEL, CONCEPTS and in-pool GTS + ADDITIONAL GTS."
-    at = {g: j for j,g in enumerate(self.pool_table.image)}
-    qs = []
-    for i, r in self.test.iterrows():
-        if r.KIND == 'negative': continue
-        if not isinstance(r.LABEL, str): raise _bad(self.test_file, f"data row {i}", f"'LABEL' must be the query text, not {r.LABEL!r}")
+    at, qs, outside = {g: j for j,g in enumerate(self.pool_table.image)}, [], {}
+    for i, r in self.test[self.test.KIND != 'negative'].iterrows():
         if r.LABEL.count('*') != len(r.CONCEPTS): warnings.warn(f"{self.test_file}, data row {i}: LABEL {r.LABEL!r} has "
                                                                 f"{r.LABEL.count('*')} '*' for {len(r.CONCEPTS)} concept(s)")
+        if out := [g for g in r.ADDITIONAL_GTS if g not in at]: outside[i] = out
         pos = list(dict.fromkeys(at[g] for g in r.GTS + r.ADDITIONAL_GTS if g in at))
         qs.append(Query(r.LABEL, list(r.CONCEPTS), pos, None, dict(row=i, kind=r.KIND, env=r.ENV)))
+    _warn_outside(self.test_file, outside)
     return qs
+
+def _warn_outside(path:Path, outside:dict):
+    "Warn about the ADDITIONAL GTS images (row: images) that are not in the pool, so not positives."
+    imgs = [g for gs in outside.values() for g in gs]
+    if imgs: _warn_rows(path, outside, f"{len(imgs)} ADDITIONAL GTS image(s) are not in the pool and are not positives, e.g. {imgs[:3]}")
 
 
 # %%
@@ -480,22 +606,25 @@ test_fail(lambda: person_wearing('a dog on a couch.'), contains='no \'person\'')
 
 # %% [markdown]
 # The support file is read block by block. A file name before any `codes_infer/<pair_id>:` line,
-# a header whose last part is not an integer, or a pair id listed twice is an error naming the line.
+# a header whose last part is not an integer, a pair id listed twice, a pair id with no image and
+# an image listed twice (in one block or in two) are errors naming the line.
 
 # %%
 #| export
 def _read_fsl(path:Path)->dict[int, list[str]]:
     "The support image names of each pair id in a `{split}_fsl_train.txt`, in file order."
-    out, cur = {}, None
-    for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+    out, cur, header, seen = {}, None, {}, {}  # header: line of each pair id; seen: line of each image
+    for n, line in enumerate(_text(path).splitlines(), 1):
         line = line.strip()
         if not line: cur = None; continue
         if line.endswith(':'):
             pid = line[:-1].split('/')[-1]
             if not pid.isdigit() or int(pid) in out: raise _bad(path, f"line {n}", f"{line!r} is not a new codes_infer/<pair_id>: header")
-            cur = int(pid); out[cur] = []
+            cur = int(pid); out[cur] = []; header[cur] = n
         elif cur is None: raise _bad(path, f"line {n}", f"image {line!r} comes before any codes_infer/<pair_id>: header")
-        else: out[cur].append(line)
+        elif line in seen: raise _bad(path, f"line {n}", f"image {line!r} is listed twice (first at line {seen[line]})")
+        else: out[cur].append(line); seen[line] = n
+    if empty := [p for p, v in out.items() if not v]: raise _bad(path, f"line {header[empty[0]]}", f"pair id {empty[0]} lists no support image")
     return out
 
 
@@ -506,20 +635,27 @@ write_text(df_root/'test_fsl_train.txt', 'codes_infer/12:\n000101.jpg\n000102.jp
 test_eq(_read_fsl(df_root/'test_fsl_train.txt'), {12: ['000101.jpg', '000102.jpg'], 7: ['000201.jpg']})
 write_text(df_root/'bad_fsl_train.txt', '000101.jpg\ncodes_infer/12:\n')
 test_fail(lambda: _read_fsl(df_root/'bad_fsl_train.txt'), contains='bad_fsl_train.txt, line 1')
+write_text(df_root/'bad_fsl_train.txt', 'codes_infer/12:\n000101.jpg\n\ncodes_infer/7:\n\ncodes_infer/8:\n000201.jpg\n')
+test_fail(lambda: _read_fsl(df_root/'bad_fsl_train.txt'), contains='line 4: pair id 7 lists no support image')
+write_text(df_root/'bad_fsl_train.txt', 'codes_infer/12:\n000101.jpg\n\ncodes_infer/7:\n000101.jpg\n')
+test_fail(lambda: _read_fsl(df_root/'bad_fsl_train.txt'), contains="line 5: image '000101.jpg' is listed twice (first at line 2)")
 
 
 # %% [markdown]
 # The CSV files are read with the `csv` module, so an error can name the exact line; every row
-# must have the columns of its header, with integer pair ids.
+# must have the columns of its header, with integer pair ids. A row with more fields than the
+# header (a caption with a comma, unquoted) is an error rather than a caption cut at the comma.
 
 # %%
 #| export
 def _read_csv(path:Path, cols:list[str])->list[dict]:
     "The rows of CSV `path` as dicts with a `line` number, checked to have `cols`."
-    with open(path, newline='', encoding='utf-8') as f:
-        rd = csv.DictReader(f)
-        if not set(cols) <= set(rd.fieldnames or []): raise _bad(path, 'line 1', f"expected columns {cols}, found {rd.fieldnames}")
-        rows = [dict(r, line=rd.line_num) for r in rd]
+    rd, rows = csv.DictReader(io.StringIO(_text(path), newline='')), []
+    if not set(cols) <= set(rd.fieldnames or []): raise _bad(path, 'line 1', f"expected columns {cols}, found {rd.fieldnames}")
+    for r in rd:
+        if None in r: raise _bad(path, f"line {rd.line_num}", f"{len(rd.fieldnames) + len(r[None])} fields for the "
+                                 f"{len(rd.fieldnames)} columns {rd.fieldnames} (a value with an unquoted comma?)")
+        rows.append(dict(r, line=rd.line_num))
     for r in rows:
         if any(not r.get(c) for c in cols): raise _bad(path, f"line {r['line']}", f"empty or missing value in {r}")
     return rows
@@ -536,6 +672,8 @@ write_text(df_root/'test_captions.csv', 'image_name,pair_id,caption\ntrain/image
 rows = _read_csv(df_root/'test_captions.csv', ['image_name', 'pair_id', 'caption'])
 test_eq([(r['line'], _pair_id(r, 'pair_id', Path('x'))) for r in rows], [(2, 12), (3, 12), (4, 7)])
 test_fail(lambda: _pair_id(dict(pair_id='twelve', line=5), 'pair_id', Path('x.csv')), contains='x.csv, line 5')
+write_text(df_root/'bad.csv', 'image_name,pair_id,caption\ntrain/image/000301.jpg,12,a person sits, smiling.\n')
+test_fail(lambda: _read_csv(df_root/'bad.csv', ['image_name', 'pair_id', 'caption']), contains='bad.csv, line 2: 4 fields for the 3 columns')
 rows[0]
 
 
@@ -549,9 +687,11 @@ def _pervl_pool(split_file:Path, caption_file:Path, pair_ids:set, person:str='fi
     "The pool of a PerVL split: image_name, pair_id, its caption in the chosen wording, the query text."
     rows = _read_csv(split_file, ['image_name', 'pair_id'])
     caps = _caption_index(caption_file)
-    out = []
+    out, seen = [], {}  # seen: the line of each image
     for r in rows:
         pid, name = _pair_id(r, 'pair_id', split_file), r['image_name']
+        if name in seen: raise _bad(split_file, f"line {r['line']}", f"an image is listed twice: {name!r} (first at line {seen[name]})")
+        seen[name] = r['line']
         if pid not in pair_ids: raise _bad(split_file, f"line {r['line']}", f"pair id {pid} has no support images")
         if name not in caps: raise _bad(split_file, f"line {r['line']}", f"{name!r} has no caption in {caption_file.name}")
         c = caps[name]
@@ -559,7 +699,6 @@ def _pervl_pool(split_file:Path, caption_file:Path, pair_ids:set, person:str='fi
         try: text = person_wearing(c['caption'], person)
         except ValueError as e: raise _bad(caption_file, f"line {c['line']}", str(e)) from None
         out.append(dict(image_name=name, pair_id=pid, caption=c['caption'], text=text))
-    if len({o['image_name'] for o in out}) < len(out): raise _bad(split_file, 'rows', "an image is listed twice")
     return pd.DataFrame(out, columns=['image_name', 'pair_id', 'caption', 'text'])
 
 
@@ -584,15 +723,31 @@ test_fail(lambda: _pervl_pool(df_root/'test_captions.csv', df_root/'shortened_de
 demo_df_pool
 
 # %% [markdown]
-# `PerVLDeepFashion2` reads a split (`test` or `validation`) with the chosen caption wording. The
-# concepts are the pair ids of the support file, in its order; the pool paths are
-# `root/<image_name>` (the names already start with `train/image/`), the support paths
-# `root/train/image/<name>`.
+# `PerVLDeepFashion2` reads a split (`test` or `validation`) with the chosen caption wording; the
+# split, the wording and the `person` rule are checked before any file is read. The concepts are
+# the pair ids of the support file, in its order; the pool paths are `root/<image_name>` (the
+# names already start with `train/image/`), the support paths `root/train/image/<name>`. Each
+# pair id takes its class from `train_coarse_grained_names.csv`; a pair id listed there twice
+# with two classes is an error.
 
 # %%
 #| export
 CAPTION_FILES = dict(shortened='shortened_deepfashion2_captions.csv', detailed='detailed_deepfashion2_captions.csv')
+_SPLITS, _PERSONS = ('test', 'validation'), ('first', 'every')
 
+def _one_of(arg:str, v, allowed)->str:
+    "`v` if it is one of `allowed`, else a ValueError naming the argument `arg` and the values allowed."
+    if v not in list(allowed): raise ValueError(f"{arg} must be one of {list(allowed)}, not {v!r}")
+    return v
+
+
+# %%
+test_eq(_one_of('split', 'test', _SPLITS), 'test')
+test_fail(lambda: _one_of('captions', 'short', CAPTION_FILES), contains="captions must be one of ['shortened', 'detailed'], not 'short'")
+
+
+# %%
+#| export
 class PerVLDeepFashion2(Benchmark):
     "PerVL's DeepFashion2 split read from its annotation files in `root`; images are under `root/train/image`."
     name = 'deepfashion2'
@@ -601,7 +756,8 @@ class PerVLDeepFashion2(Benchmark):
                  captions:str='shortened', # query wording: 'shortened' (as in the paper) or 'detailed'
                  person:str='first', # which "person" gets " wearing *" (see `person_wearing`)
                 ):
-        if captions not in CAPTION_FILES: raise ValueError(f"captions must be one of {list(CAPTION_FILES)}, not {captions!r}")
+        for arg, v, ok in (('split', split, _SPLITS), ('captions', captions, CAPTION_FILES), ('person', person, _PERSONS)):
+            _one_of(arg, v, ok)
         self.root, self.split, self.captions = _need(Path(root).expanduser(), 'deepfashion2'), split, captions
         self.images = self.root/'train'/'image'
         f = {k: _need(self.root/n, 'deepfashion2') for k,n in dict(fsl=f'{split}_fsl_train.txt', split=f'{split}_captions.csv',
@@ -619,8 +775,9 @@ def _classes(path:Path, pair_ids:set)->dict[int, str]:
     "The coarse class of each of `pair_ids`, from `train_coarse_grained_names.csv`."
     out = {}
     for r in _read_csv(path, ['unique_pair_ids', 'pair_id_categories']):
-        pid = _pair_id(r, 'unique_pair_ids', path)
-        if pid in pair_ids: out[pid] = r['pair_id_categories']
+        pid, cls = _pair_id(r, 'unique_pair_ids', path), r['pair_id_categories']
+        if pid in out and out[pid] != cls: raise _bad(path, f"line {r['line']}", f"pair id {pid} is listed twice, as {out[pid]!r} and {cls!r}")
+        if pid in pair_ids: out[pid] = cls
     if missing := sorted(pair_ids - set(out)): raise ValueError(f"{path}: no class for pair id(s) {missing}")
     return out
 
@@ -630,6 +787,9 @@ write_text(df_root/'train_coarse_grained_names.csv', 'unique_pair_ids,pair_id_ca
 df = PerVLDeepFashion2(df_root)
 test_eq(df.concepts, [12, 7])
 test_eq(df.pool[0], df_root/'train/image/000301.jpg')
+test_fail(lambda: PerVLDeepFashion2(df_root, person='all'), contains="person must be one of ['first', 'every'], not 'all'")
+write_text(df_root/'bad_names.csv', 'unique_pair_ids,pair_id_categories\n7,skirt\n12,short sleeve top\n7,vest\n')
+test_fail(lambda: _classes(df_root/'bad_names.csv', {7, 12}), contains="line 4: pair id 7 is listed twice, as 'skirt' and 'vest'")
 df
 
 
@@ -712,7 +872,8 @@ try: PerVLDeepFashion2(df_root, split='validation')
 except FileNotFoundError as e: print(e)
 
 # %% [markdown]
-# A malformed row names the file and the row:
+# A malformed row names the file and the row, and a missing key names the key (here a distractor
+# row without its `KIND`, which would otherwise be read as a query):
 
 # %%
 bad_root = Path(tempfile.mkdtemp())/'conconchi'
@@ -720,6 +881,9 @@ write_json(bad_root/'data/annotations/train.json', dict(concepts=demo_concepts, 
 write_json(bad_root/'data/annotations/test.json', dict(concepts=demo_concepts, data=[row('* on a couch', ['a.jpg'], [0]), row('* x', [], [1])]))
 try: ConConChi(bad_root)
 except ValueError as e: print(e)
+write_json(bad_root/'data/annotations/test.json', dict(concepts=demo_concepts, data=[row('* on a couch', ['a.jpg'], [0]),
+                                                                                  {'LABEL': '', 'GTS': ['b.jpg'], 'CONCEPTS': []}]))
+test_fail(lambda: ConConChi(bad_root), contains="test.json, data row 1: missing key 'KIND'")
 
 # %% [markdown]
 # And captions that miss a pool image are refused rather than misaligned:

@@ -8,7 +8,7 @@ Docs: https://polar-nb.github.io/polar-nb/data.html.md"""
 __all__ = ['CAPTION_FILES', 'Query', 'queries_frame', 'Benchmark', 'ConConChi', 'person_wearing', 'PerVLDeepFashion2']
 
 # %% ../nbs/01_data.ipynb #96f6db01
-import csv, json, re, warnings
+import csv, io, json, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
@@ -42,6 +42,27 @@ def _bad(path:Path, where:str, msg:str)->ValueError:
     "The error for a malformed row: file, row, what is wrong."
     return ValueError(f"{path}, {where}: {msg}")
 
+def _text(path:Path)->str:
+    "The UTF-8 text of `path` (line ends kept), else a ValueError naming the file and the first bad byte."
+    data = path.read_bytes()
+    try: return data.decode('utf-8')
+    except UnicodeDecodeError as e: at, line = e.start, data[:e.start].count(b'\n') + 1
+    raise ValueError(f"{path}: not UTF-8 text: byte {at} (line {line}) is {data[at:at+1]!r}")
+
+# %% ../nbs/01_data.ipynb #780cf8de
+def _unique_keys(pairs:list)->dict:
+    "The JSON object of `pairs`, each key at most once."
+    keys = [k for k,_ in pairs]
+    if len(set(keys)) < len(keys): raise ValueError(f"key {next(k for k in keys if keys.count(k) > 1)!r} appears twice in one object")
+    return dict(pairs)
+
+def _json(path:Path):
+    "The JSON value in `path`, else a ValueError naming the file."
+    text = _text(path)
+    try: return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except ValueError as e: raise ValueError(f"{path}: {e}") from None
+
 # %% ../nbs/01_data.ipynb #2fc234f9
 class Benchmark:
     "Concepts, a retrieval pool, support images and queries read from a benchmark's annotation files."
@@ -67,10 +88,22 @@ def vlm_captions(self:Benchmark,
     "The captions of `path` aligned with `self.pool`."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path} does not exist: expected a JSON file {{relative image path: caption}}")
-    caps = {self.root/k: v for k,v in json.loads(path.read_text(encoding='utf-8')).items()}
+    caps = _caption_file(path, self.root)
     missing = [str(p) for p in self.pool if p not in caps]
     if missing: raise ValueError(f"{path}: no caption for {len(missing)} pool image(s), e.g. {missing[:3]}")
     return [caps[p] for p in self.pool]
+
+def _caption_file(path:Path, # JSON file {image path relative to `root`: caption}
+                  root:Path, # the benchmark's root
+                 )->dict[Path, str]:
+    "The captions of `path` keyed by image path, checked: one string per image."
+    d, caps = _json(path), {}
+    if not isinstance(d, dict): raise ValueError(f"{path}: expected an object {{relative image path: caption}}, not a {type(d).__name__}")
+    for k, v in d.items():
+        if not isinstance(v, str): raise ValueError(f"{path}: the caption of {k!r} must be a string, not {v!r}")
+        if root/k in caps: raise ValueError(f"{path}: two keys name the image {root/k}")
+        caps[root/k] = v
+    return caps
 
 # %% ../nbs/01_data.ipynb #9e49b439
 @patch
@@ -90,14 +123,18 @@ def missing_images(self:Benchmark)->list[Path]:
 # %% ../nbs/01_data.ipynb #fe2fcc02
 def _read_json(path:Path)->dict:
     "The annotation object in `path`, with its list of `data` rows."
-    try: d = json.loads(path.read_text(encoding='utf-8'))
-    except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
+    d = _json(path)
     if not isinstance(d, dict) or not isinstance(d.get('data'), list): raise ValueError(f"{path}: expected an object with a 'data' list")
     return d
 
+def _key(r:dict, key:str, path:Path, i:int):
+    "The value of `key` in row `i`, else a ValueError naming the file, the row and the key."
+    if key not in r: raise _bad(path, f"data row {i}", f"missing key {key!r} (the row has {list(r)})")
+    return r[key]
+
 def _images(r:dict, key:str, path:Path, i:int, required=True)->list[str]:
     "The image paths under `key` of row `i`, checked."
-    v = r.get(key, None if required else [])
+    v = _key(r, key, path, i) if required else r.get(key, [])
     if not isinstance(v, list) or not all(isinstance(g, str) and g for g in v) or (required and not v):
         raise _bad(path, f"data row {i}", f"{key!r} must be a {'non-empty ' if required else ''}list of image paths, not {v!r}")
     return v
@@ -105,19 +142,51 @@ def _images(r:dict, key:str, path:Path, i:int, required=True)->list[str]:
 # %% ../nbs/01_data.ipynb #6e206dee
 def _concept_ids(r:dict, path:Path, i:int, n:int)->list[int]:
     "The `CONCEPTS` of row `i`, checked to be ids in `0..n-1`."
-    v = r.get('CONCEPTS')
+    v = _key(r, 'CONCEPTS', path, i)
     if not isinstance(v, list) or not all(type(c) is int and 0 <= c < n for c in v):
         raise _bad(path, f"data row {i}", f"'CONCEPTS' must be a list of concept ids in 0..{n-1}, not {v!r}")
     return v
 
-def _rows(d:dict, path:Path, n:int)->pd.DataFrame:
+_KINDS = ('common', 'uncommon', 'negative')  # the KIND values of test.json rows
+
+def _label_kind(r:dict, path:Path, i:int)->tuple:
+    "LABEL and KIND of test.json row `i`: KIND a string, LABEL the query text unless KIND is 'negative'."
+    kind = _key(r, 'KIND', path, i)
+    if not isinstance(kind, str): raise _bad(path, f"data row {i}", f"'KIND' must be a string such as {_KINDS}, not {kind!r}")
+    label = r.get('LABEL') if kind == 'negative' else _key(r, 'LABEL', path, i)
+    if kind != 'negative' and not isinstance(label, str): raise _bad(path, f"data row {i}", f"'LABEL' must be the query text, not {label!r}")
+    return label, kind
+
+# %% ../nbs/01_data.ipynb #d02307b8
+def _warn_rows(path:Path, idx, msg:str):
+    "A warning about the data rows `idx` of `path` (the first ten named), when there are any."
+    idx = [int(i) for i in idx]
+    if idx: warnings.warn(f"{path}, data rows {idx[:10]}{'…' if len(idx) > 10 else ''} ({len(idx)}): {msg}")
+
+def _warn_queries(rows:pd.DataFrame, path:Path):
+    "Warn about the rows of test.json that are most likely wrong: unknown KIND, a query without concept, a concept twice."
+    q = rows[rows.KIND != 'negative']
+    odd = q.KIND[~q.KIND.isin(_KINDS)]
+    _warn_rows(path, odd.index, f"KIND {', '.join(map(repr, sorted(set(odd))))} is not one of {_KINDS}: these rows are queries")
+    _warn_rows(path, q.index[q.CONCEPTS.map(len) == 0], "a query row with no concept")
+    _warn_rows(path, rows.index[rows.CONCEPTS.map(lambda c: len(set(c)) < len(c))], "CONCEPTS name a concept more than once")
+
+# %% ../nbs/01_data.ipynb #88c8d000
+def _rows(d:dict, # an annotation object, from `_read_json`
+          path:Path, # its file, for messages
+          n:int, # the number of concepts
+          test:bool=False, # whether it is test.json: KIND, and LABEL of queries, required
+         )->pd.DataFrame:
     "The rows of a ConCon-Chi annotation file, checked, one per row of `data` in file order."
     out = []
     for i, r in enumerate(d['data']):
         if not isinstance(r, dict): raise _bad(path, f"data row {i}", f"expected an object, not {r!r}")
-        out.append(dict(LABEL=r.get('LABEL'), GTS=_images(r, 'GTS', path, i), CONCEPTS=_concept_ids(r, path, i, n),
-                        ADDITIONAL_GTS=_images(r, 'ADDITIONAL GTS', path, i, required=False), KIND=r.get('KIND'), ENV=r.get('ENV')))
-    return pd.DataFrame(out, columns=['LABEL', 'GTS', 'CONCEPTS', 'ADDITIONAL_GTS', 'KIND', 'ENV'])
+        label, kind = _label_kind(r, path, i) if test else (r.get('LABEL'), r.get('KIND'))
+        out.append(dict(LABEL=label, GTS=_images(r, 'GTS', path, i), CONCEPTS=_concept_ids(r, path, i, n),
+                        ADDITIONAL_GTS=_images(r, 'ADDITIONAL GTS', path, i, required=False), KIND=kind, ENV=r.get('ENV')))
+    rows = pd.DataFrame(out, columns=['LABEL', 'GTS', 'CONCEPTS', 'ADDITIONAL_GTS', 'KIND', 'ENV'])
+    if test: _warn_queries(rows, path)
+    return rows
 
 # %% ../nbs/01_data.ipynb #b7675691
 def _pool(rows:pd.DataFrame, path:Path)->pd.DataFrame:
@@ -140,7 +209,7 @@ class ConConChi(Benchmark):
         self.concepts = list(range(len(self._descriptions)))
         self._ids = set(self.concepts)
         self.train = _rows(train, self.train_file, len(self.concepts))
-        self.test = _rows(test, self.test_file, len(self.concepts))
+        self.test = _rows(test, self.test_file, len(self.concepts), test=True)
         self.pool_table = _pool(self.test, self.test_file)
         self.pool = [self.images/g for g in self.pool_table.image]
 
@@ -169,16 +238,20 @@ def descriptions(self:ConConChi, c:int)->dict:
 @patch
 def _context_queries(self:ConConChi)->list[Query]:
     "One query per non-negative row of `test.json`: its LABEL, CONCEPTS and in-pool GTS + ADDITIONAL GTS."
-    at = {g: j for j,g in enumerate(self.pool_table.image)}
-    qs = []
-    for i, r in self.test.iterrows():
-        if r.KIND == 'negative': continue
-        if not isinstance(r.LABEL, str): raise _bad(self.test_file, f"data row {i}", f"'LABEL' must be the query text, not {r.LABEL!r}")
+    at, qs, outside = {g: j for j,g in enumerate(self.pool_table.image)}, [], {}
+    for i, r in self.test[self.test.KIND != 'negative'].iterrows():
         if r.LABEL.count('*') != len(r.CONCEPTS): warnings.warn(f"{self.test_file}, data row {i}: LABEL {r.LABEL!r} has "
                                                                 f"{r.LABEL.count('*')} '*' for {len(r.CONCEPTS)} concept(s)")
+        if out := [g for g in r.ADDITIONAL_GTS if g not in at]: outside[i] = out
         pos = list(dict.fromkeys(at[g] for g in r.GTS + r.ADDITIONAL_GTS if g in at))
         qs.append(Query(r.LABEL, list(r.CONCEPTS), pos, None, dict(row=i, kind=r.KIND, env=r.ENV)))
+    _warn_outside(self.test_file, outside)
     return qs
+
+def _warn_outside(path:Path, outside:dict):
+    "Warn about the ADDITIONAL GTS images (row: images) that are not in the pool, so not positives."
+    imgs = [g for gs in outside.values() for g in gs]
+    if imgs: _warn_rows(path, outside, f"{len(imgs)} ADDITIONAL GTS image(s) are not in the pool and are not positives, e.g. {imgs[:3]}")
 
 # %% ../nbs/01_data.ipynb #3e424639
 def _concept_only(concepts:list, # the concept ids
@@ -213,25 +286,29 @@ def person_wearing(caption:str, # a PerVL caption, e.g. "a person stands by a de
 # %% ../nbs/01_data.ipynb #1ed2bd6f
 def _read_fsl(path:Path)->dict[int, list[str]]:
     "The support image names of each pair id in a `{split}_fsl_train.txt`, in file order."
-    out, cur = {}, None
-    for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+    out, cur, header, seen = {}, None, {}, {}  # header: line of each pair id; seen: line of each image
+    for n, line in enumerate(_text(path).splitlines(), 1):
         line = line.strip()
         if not line: cur = None; continue
         if line.endswith(':'):
             pid = line[:-1].split('/')[-1]
             if not pid.isdigit() or int(pid) in out: raise _bad(path, f"line {n}", f"{line!r} is not a new codes_infer/<pair_id>: header")
-            cur = int(pid); out[cur] = []
+            cur = int(pid); out[cur] = []; header[cur] = n
         elif cur is None: raise _bad(path, f"line {n}", f"image {line!r} comes before any codes_infer/<pair_id>: header")
-        else: out[cur].append(line)
+        elif line in seen: raise _bad(path, f"line {n}", f"image {line!r} is listed twice (first at line {seen[line]})")
+        else: out[cur].append(line); seen[line] = n
+    if empty := [p for p, v in out.items() if not v]: raise _bad(path, f"line {header[empty[0]]}", f"pair id {empty[0]} lists no support image")
     return out
 
 # %% ../nbs/01_data.ipynb #f26d09b1
 def _read_csv(path:Path, cols:list[str])->list[dict]:
     "The rows of CSV `path` as dicts with a `line` number, checked to have `cols`."
-    with open(path, newline='', encoding='utf-8') as f:
-        rd = csv.DictReader(f)
-        if not set(cols) <= set(rd.fieldnames or []): raise _bad(path, 'line 1', f"expected columns {cols}, found {rd.fieldnames}")
-        rows = [dict(r, line=rd.line_num) for r in rd]
+    rd, rows = csv.DictReader(io.StringIO(_text(path), newline='')), []
+    if not set(cols) <= set(rd.fieldnames or []): raise _bad(path, 'line 1', f"expected columns {cols}, found {rd.fieldnames}")
+    for r in rd:
+        if None in r: raise _bad(path, f"line {rd.line_num}", f"{len(rd.fieldnames) + len(r[None])} fields for the "
+                                 f"{len(rd.fieldnames)} columns {rd.fieldnames} (a value with an unquoted comma?)")
+        rows.append(dict(r, line=rd.line_num))
     for r in rows:
         if any(not r.get(c) for c in cols): raise _bad(path, f"line {r['line']}", f"empty or missing value in {r}")
     return rows
@@ -246,9 +323,11 @@ def _pervl_pool(split_file:Path, caption_file:Path, pair_ids:set, person:str='fi
     "The pool of a PerVL split: image_name, pair_id, its caption in the chosen wording, the query text."
     rows = _read_csv(split_file, ['image_name', 'pair_id'])
     caps = _caption_index(caption_file)
-    out = []
+    out, seen = [], {}  # seen: the line of each image
     for r in rows:
         pid, name = _pair_id(r, 'pair_id', split_file), r['image_name']
+        if name in seen: raise _bad(split_file, f"line {r['line']}", f"an image is listed twice: {name!r} (first at line {seen[name]})")
+        seen[name] = r['line']
         if pid not in pair_ids: raise _bad(split_file, f"line {r['line']}", f"pair id {pid} has no support images")
         if name not in caps: raise _bad(split_file, f"line {r['line']}", f"{name!r} has no caption in {caption_file.name}")
         c = caps[name]
@@ -256,7 +335,6 @@ def _pervl_pool(split_file:Path, caption_file:Path, pair_ids:set, person:str='fi
         try: text = person_wearing(c['caption'], person)
         except ValueError as e: raise _bad(caption_file, f"line {c['line']}", str(e)) from None
         out.append(dict(image_name=name, pair_id=pid, caption=c['caption'], text=text))
-    if len({o['image_name'] for o in out}) < len(out): raise _bad(split_file, 'rows', "an image is listed twice")
     return pd.DataFrame(out, columns=['image_name', 'pair_id', 'caption', 'text'])
 
 # %% ../nbs/01_data.ipynb #8812b935
@@ -270,7 +348,14 @@ def _caption_index(path:Path)->dict[str, dict]:
 
 # %% ../nbs/01_data.ipynb #8dbc01a9
 CAPTION_FILES = dict(shortened='shortened_deepfashion2_captions.csv', detailed='detailed_deepfashion2_captions.csv')
+_SPLITS, _PERSONS = ('test', 'validation'), ('first', 'every')
 
+def _one_of(arg:str, v, allowed)->str:
+    "`v` if it is one of `allowed`, else a ValueError naming the argument `arg` and the values allowed."
+    if v not in list(allowed): raise ValueError(f"{arg} must be one of {list(allowed)}, not {v!r}")
+    return v
+
+# %% ../nbs/01_data.ipynb #262f100b
 class PerVLDeepFashion2(Benchmark):
     "PerVL's DeepFashion2 split read from its annotation files in `root`; images are under `root/train/image`."
     name = 'deepfashion2'
@@ -279,7 +364,8 @@ class PerVLDeepFashion2(Benchmark):
                  captions:str='shortened', # query wording: 'shortened' (as in the paper) or 'detailed'
                  person:str='first', # which "person" gets " wearing *" (see `person_wearing`)
                 ):
-        if captions not in CAPTION_FILES: raise ValueError(f"captions must be one of {list(CAPTION_FILES)}, not {captions!r}")
+        for arg, v, ok in (('split', split, _SPLITS), ('captions', captions, CAPTION_FILES), ('person', person, _PERSONS)):
+            _one_of(arg, v, ok)
         self.root, self.split, self.captions = _need(Path(root).expanduser(), 'deepfashion2'), split, captions
         self.images = self.root/'train'/'image'
         f = {k: _need(self.root/n, 'deepfashion2') for k,n in dict(fsl=f'{split}_fsl_train.txt', split=f'{split}_captions.csv',
@@ -290,13 +376,14 @@ class PerVLDeepFashion2(Benchmark):
         self.pool_table = _pervl_pool(f['split'], f['captions'], self._ids, person)
         self.pool = [self.root/n for n in self.pool_table.image_name]
 
-# %% ../nbs/01_data.ipynb #790b212d
+# %% ../nbs/01_data.ipynb #82782d3e
 def _classes(path:Path, pair_ids:set)->dict[int, str]:
     "The coarse class of each of `pair_ids`, from `train_coarse_grained_names.csv`."
     out = {}
     for r in _read_csv(path, ['unique_pair_ids', 'pair_id_categories']):
-        pid = _pair_id(r, 'unique_pair_ids', path)
-        if pid in pair_ids: out[pid] = r['pair_id_categories']
+        pid, cls = _pair_id(r, 'unique_pair_ids', path), r['pair_id_categories']
+        if pid in out and out[pid] != cls: raise _bad(path, f"line {r['line']}", f"pair id {pid} is listed twice, as {out[pid]!r} and {cls!r}")
+        if pid in pair_ids: out[pid] = cls
     if missing := sorted(pair_ids - set(out)): raise ValueError(f"{path}: no class for pair id(s) {missing}")
     return out
 

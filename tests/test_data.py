@@ -206,3 +206,112 @@ def test_real_pervl_validation_split_and_wordings(real):
     assert (len(v.concepts), len(v.pool)) == (50, 229)
     every = PerVLDeepFashion2(real, person='every').queries('context')
     assert sum(q.text.count('*') for q in every) == 222  # one caption of the test split has two persons
+
+# ---------------------------------------------------------------- keys, encodings and arguments checked
+
+def drop(row, *keys): return {k: v for k, v in row.items() if k not in keys}
+
+def test_conconchi_negative_rows_without_kind_are_an_error(tmp_path):
+    rows = [drop(r, 'KIND') if r['KIND'] == 'negative' else r for r in TEST_ROWS]
+    root = write_conconchi(tmp_path/'cc', TRAIN_ROWS, rows)
+    with pytest.raises(ValueError, match=r"test.json, data row 1: missing key 'KIND'"): ConConChi(root)
+
+@pytest.mark.parametrize('file, row, key', [
+    ('test', 0, 'KIND'), ('test', 0, 'GTS'), ('test', 0, 'CONCEPTS'), ('test', 0, 'LABEL'),
+    ('train', 1, 'GTS'), ('train', 1, 'CONCEPTS')])
+def test_conconchi_missing_required_key(tmp_path, file, row, key):
+    root = make_conconchi(tmp_path/'cc'); f = root/'data'/'annotations'/f'{file}.json'
+    d = json.loads(f.read_text()); del d['data'][row][key]; f.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=rf"{file}.json, data row {row}: missing key '{key}'"): ConConChi(root)
+
+def test_conconchi_optional_keys(tmp_path):
+    # a negative row needs no LABEL; ENV and ADDITIONAL GTS may be left out; train.json needs no KIND or LABEL
+    test = [drop(r, 'LABEL', 'ENV') if r['KIND'] == 'negative' else drop(r, 'ADDITIONAL GTS') for r in TEST_ROWS]
+    root = write_conconchi(tmp_path/'cc', [drop(r, 'KIND', 'LABEL', 'ENV') for r in TRAIN_ROWS], test)
+    with warnings.catch_warnings(): warnings.simplefilter('error'); cc = ConConChi(root); qs = cc.queries('context')
+    assert [q.positives for q in qs] == [[0, 1], [3], [4], [7], [9]] and len(cc.support(0)) == 3
+
+def test_conconchi_kind_must_be_a_string(tmp_path):
+    root = write_conconchi(tmp_path/'cc', TRAIN_ROWS, [cc_row('* here', ['a.jpg'], [0], kind=None)])
+    with pytest.raises(ValueError, match=r"test.json, data row 0: 'KIND' must be a string"): ConConChi(root)
+
+def test_conconchi_unknown_kind_warns(tmp_path):
+    rows = [{**r, 'KIND': 'Negative'} if r['KIND'] == 'negative' else r for r in TEST_ROWS]
+    root = write_conconchi(tmp_path/'cc', TRAIN_ROWS, rows)
+    with pytest.warns(UserWarning, match=r"test.json, data rows \[1, 4, 6\] \(3\): KIND 'Negative' is not one of"):
+        assert len(ConConChi(root).queries('context')) == 8  # read as queries, as the benchmark's own loader does
+
+def test_conconchi_additional_gts_outside_the_pool_warn(cc):
+    with pytest.warns(UserWarning, match=r"test.json, data rows \[2\] \(1\): 2 ADDITIONAL GTS image\(s\) are not in the pool") as w:
+        cc.queries('context')
+    assert "'train/toy_1.jpg', 'nowhere/x.jpg'" in str(w[0].message)
+
+def test_conconchi_repeated_concept_and_query_without_concept_warn(tmp_path):
+    rows = [cc_row('* and *', ['a.jpg'], [0, 0]), cc_row('a shelf', ['b.jpg'], []), cc_row('*', ['c.jpg'], [1])]
+    root = write_conconchi(tmp_path/'cc', TRAIN_ROWS, rows)
+    with pytest.warns(UserWarning) as w: ConConChi(root)
+    msgs = [str(x.message) for x in w]
+    assert any('data rows [0] (1): CONCEPTS name a concept more than once' in m for m in msgs)
+    assert any('data rows [1] (1): a query row with no concept' in m for m in msgs)
+
+def write_bytes(path, data): path.write_bytes(data); return path
+
+@pytest.mark.parametrize('make, name', [(make_conconchi, 'data/annotations/test.json'), (make_conconchi, 'data/annotations/train.json'),
+    (make_pervl, 'test_fsl_train.txt'), (make_pervl, 'test_captions.csv'), (make_pervl, 'shortened_deepfashion2_captions.csv'),
+    (make_pervl, 'train_coarse_grained_names.csv')])
+def test_non_utf8_files_name_file_and_byte(tmp_path, make, name):
+    root = make(tmp_path/'b'); f = root/name
+    data = f.read_bytes(); write_bytes(f, data[:20] + 'é'.encode('latin-1') + data[20:])
+    with pytest.raises(ValueError, match=rf"{name}: not UTF-8 text: byte 20 \(line \d+\)"):
+        (ConConChi if make is make_conconchi else PerVLDeepFashion2)(root)
+
+def test_non_utf8_vlm_captions(cc, tmp_path):
+    write_bytes(tmp_path/'caps.json', b'{"data/images/couch/toy_a.jpg": "caf\xe9"}')
+    with pytest.raises(ValueError, match=r"caps.json: not UTF-8 text: byte 36 \(line 1\)"): cc.vlm_captions(tmp_path/'caps.json')
+
+@pytest.mark.parametrize('kw, match', [(dict(person='all'), r"^person must be one of \['first', 'every'\], not 'all'$"),
+    (dict(split='train'), r"^split must be one of \['test', 'validation'\], not 'train'$"),
+    (dict(captions='short'), r"^captions must be one of \['shortened', 'detailed'\], not 'short'$")])
+def test_pervl_arguments_checked_before_reading(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match): PerVLDeepFashion2(tmp_path/'nothere', **kw)
+    with pytest.raises(ValueError, match=match): PerVLDeepFashion2(make_pervl(tmp_path/'df'), **kw)
+
+@pytest.mark.parametrize('text, match', [
+    ('codes_infer/3430:\n\ncodes_infer/996:\n012337.jpg\n', "line 1: pair id 3430 lists no support image"),
+    ('codes_infer/3430:\ncodes_infer/996:\n012337.jpg\n', "line 1: pair id 3430 lists no support image"),
+    ('codes_infer/3430:\n043370.jpg\n043370.jpg\n\ncodes_infer/996:\n012337.jpg\n', r"line 3: image '043370.jpg' is listed twice \(first at line 2\)"),
+    ('codes_infer/3430:\n043370.jpg\n\ncodes_infer/996:\n043370.jpg\n', r"line 5: image '043370.jpg' is listed twice \(first at line 2\)")])
+def test_pervl_support_file_blocks(tmp_path, text, match):
+    root = make_pervl(tmp_path/'df'); (root/'test_fsl_train.txt').write_text(text)
+    with pytest.raises(ValueError, match=match): PerVLDeepFashion2(root)
+
+def test_pervl_csv_row_with_more_fields_than_the_header(tmp_path):
+    root = make_pervl(tmp_path/'df')
+    f = root/'shortened_deepfashion2_captions.csv'; f.write_text(f.read_text().replace('a person poses on a couch.', 'a person poses, on a couch.'))
+    with pytest.raises(ValueError, match=r"shortened_deepfashion2_captions.csv, line 6: 4 fields for the 3 columns"): PerVLDeepFashion2(root)
+
+def test_pervl_class_listed_twice(tmp_path):
+    root = make_pervl(tmp_path/'df')
+    f = root/'train_coarse_grained_names.csv'; f.write_text(f.read_text() + '996,skirt\n')
+    with pytest.raises(ValueError, match=r"train_coarse_grained_names.csv, line 5: pair id 996 is listed twice"): PerVLDeepFashion2(root)
+    f.write_text(f.read_text().replace('996,skirt\n', '996,short sleeve top\n'))
+    assert PerVLDeepFashion2(root).descriptions(996) == {'coarse': 'short sleeve top'}
+
+def test_pervl_pool_image_listed_twice_names_lines(tmp_path):
+    root = write_pervl(tmp_path/'df', PERVL_SUPPORT, PERVL_POOL + [PERVL_POOL[1]], captions=dict(shortened=PERVL_POOL))
+    with pytest.raises(ValueError, match=r"test_captions.csv, line 6: an image is listed twice: 'train/image/012350.jpg' \(first at line 3\)"):
+        PerVLDeepFashion2(root)
+
+def test_vlm_captions_checked(cc, tmp_path):
+    f = tmp_path/'caps.json'
+    good = {f'data/images/{g}': g for r in TEST_ROWS for g in r['GTS']}
+    f.write_text(json.dumps({**good, 'data/images/other/split.jpg': 'more'}))  # captions of images outside the pool are ignored
+    assert cc.vlm_captions(f)[0] == 'couch/toy_a.jpg'
+    f.write_text(json.dumps({**good, 'data/images/couch/toy_a.jpg': None}))
+    with pytest.raises(ValueError, match=r"caps.json: the caption of 'data/images/couch/toy_a.jpg' must be a string, not None"): cc.vlm_captions(f)
+    f.write_text(json.dumps(good)[:-1] + ', "data/images/couch/toy_a.jpg": "again"}')
+    with pytest.raises(ValueError, match=r"caps.json: key 'data/images/couch/toy_a.jpg' appears twice"): cc.vlm_captions(f)
+    f.write_text(json.dumps({**good, './data/images/couch/toy_a.jpg': 'again'}))
+    with pytest.raises(ValueError, match=r"caps.json: two keys name the image .*couch/toy_a.jpg"): cc.vlm_captions(f)
+    f.write_text(json.dumps(list(good)))
+    with pytest.raises(ValueError, match=r"caps.json: expected an object"): cc.vlm_captions(f)
