@@ -34,16 +34,18 @@ from fastcore.test import test_eq, test_close, test_fail
 
 # %%
 #| export
-import csv, hashlib, io, json, math, time
+import csv, hashlib, io, json, math, numbers, os, re, shutil, time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
 # %%
 import tempfile, textwrap
+from unittest.mock import patch
 import matplotlib.pyplot as plt
 import pandas as pd
 
@@ -1207,6 +1209,18 @@ plt.show()
 # [baselines chapter](04_baselines.ipynb) measures the context margin on many worlds of each
 # profile). A dict instead of a profile's name changes some of the `small` sizes, for a world of
 # one's own size or to redraw the earlier one (`dict(contexts=3, per_query=4)`).
+#
+# Each size of a dict is checked, since a wrong one would not fail but draw a wrong world: a
+# count must be an int (not a bool) of at least 1 where a zero leaves queries without photos
+# (`contexts`, `per_query`, `per_multi`, ConCon-Chi's `support`, PerVL's `concepts`) and of at least 0
+# where a part may be left out (`multi`, `neg_concept`, `distractors`, `generic`); a concept has
+# at most 11 places, one per context, and a PerVL split at most its 50 garment concepts (more
+# would give the validation split the test split's). PerVL's `support` is a range `(low, high)`
+# with `1 <= low < high` (a concept gets `low` to `high - 1` support photos: `(5,)` would mean 0 to
+# 4) and `pool` a non-empty tuple of the numbers of pool photos a concept can get, each at least 1
+# (an int `4` would mean 0 to 3); a concept's photos, at most `high - 1 + max(pool)`, must fit the
+# block of 32 image numbers it gets (more would give two photos one file name, one overwriting the
+# other).
 
 # %%
 #| export
@@ -1214,17 +1228,43 @@ PROFILES = {'conconchi': dict(small=dict(contexts=4, per_query=3, multi=8, per_m
                               full=dict(contexts=10, per_query=12, multi=40, per_multi=8, neg_concept=20, distractors=900, support=5, generic=1000)),
             'pervl': dict(small=dict(concepts=20, support=(5, 6), pool=(4,), generic=200),
                           full=dict(concepts=50, support=(10, 22), pool=(1, 2, 3, 4, 5), generic=1000))}
+_COUNTS = {'conconchi': dict(contexts=(1, len(CONTEXTS), ' (places per concept)'), per_query=(1,), multi=(0,), per_multi=(1,), neg_concept=(0,),
+                             distractors=(0,), support=(1, len(CONTEXTS), ' (support photos per concept, each in its own place)'), generic=(0,)),
+           'pervl': dict(concepts=(1, 50, ' (garment concepts per split)'), generic=(0,))}
+_BLOCK = 32  # image numbers of a PerVL pair id: its photos, support and pool, must fit
+
+def _int(name:str, # the argument, as an error names it
+         v, lo:int, hi:int|None=None, # the range `v` must be in
+         why:str='', # said after the range in an error
+        )->int:
+    "`v` as an int from `lo` to `hi`, or an error saying what `name` must be."
+    ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if ok and lo <= v and (hi is None or v <= hi): return int(v)
+    what = f'an int from {lo} to {hi}' if hi is not None else 'a non-negative int' if lo == 0 else f'an int of at least {lo}'
+    raise (ValueError if ok else TypeError)(f"{name} must be {what}{why}, not {v!r}")
+
+def _size(fmt:str, k:str, v):
+    "Size `k` of a `fmt` profile as plain ints, or an error naming it rather than a wrong world."
+    if k in _COUNTS[fmt]: return _int(f'profile size {k!r}', v, *_COUNTS[fmt][k])
+    ints = isinstance(v, (tuple, list)) and all(isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 1 for x in v)
+    if ints and (len(v) == 2 and v[0] < v[1] if k == 'support' else len(v) > 0): return tuple(int(x) for x in v)
+    what = ('a range (low, high) of ints with 1 <= low < high (a concept gets low to high-1 support photos)' if k == 'support'
+            else 'a non-empty tuple of ints of at least 1 (the numbers of pool photos a concept can get)')
+    raise ValueError(f"profile size {k!r} must be {what}, not {v!r}")
 
 def profile_sizes(fmt:str, # 'conconchi' or 'pervl'
                   profile:str|dict, # a name in `PROFILES[fmt]`, or a dict changing some of the `small` sizes
                  )->dict:
-    "The sizes a world of `fmt` is drawn with: a named profile's, or `small`'s with the values of a dict changed."
-    if fmt not in PROFILES: raise ValueError(f"fmt must be one of {list(PROFILES)}, not {fmt!r}")
+    "The sizes a world of `fmt` is drawn with: a named profile's, or `small`'s with the values of a dict changed (checked)."
+    if not isinstance(fmt, str) or fmt not in PROFILES: raise ValueError(f"fmt must be one of {list(PROFILES)}, not {fmt!r}")
     if isinstance(profile, dict):
-        if bad := sorted(set(profile) - set(PROFILES[fmt]['small'])):
+        if bad := sorted(set(profile) - set(PROFILES[fmt]['small']), key=str):
             raise ValueError(f"unknown size(s) {bad} for {fmt}: the sizes are {list(PROFILES[fmt]['small'])}")
-        return {**PROFILES[fmt]['small'], **profile}
-    if profile not in PROFILES[fmt]: raise ValueError(f"profile must be one of {list(PROFILES[fmt])} or a dict of sizes, not {profile!r}")
+        p = {**PROFILES[fmt]['small'], **{k: _size(fmt, k, v) for k, v in profile.items()}}
+        if fmt == 'pervl' and (n := p['support'][1] - 1 + max(p['pool'])) > _BLOCK:
+            raise ValueError(f"profile sizes 'support' {p['support']} and 'pool' {p['pool']} give a concept up to {n} photos, more than the {_BLOCK} image numbers of its block")
+        return p
+    if not isinstance(profile, str) or profile not in PROFILES[fmt]: raise ValueError(f"profile must be one of {list(PROFILES[fmt])} or a dict of sizes, not {profile!r}")
     return dict(PROFILES[fmt][profile])
 
 
@@ -1235,6 +1275,17 @@ test_fail(lambda: profile_sizes('conconchi', dict(place=3)), contains="unknown s
 test_fail(lambda: profile_sizes('conconchi', 'huge'), contains="not 'huge'")
 test_fail(lambda: profile_sizes('coco', 'small'), contains="not 'coco'")
 sz = profile_sizes('conconchi', 'small'); sz['contexts'] = 99; test_eq(PROFILES['conconchi']['small']['contexts'], 4)  # a copy
+test_eq(profile_sizes('pervl', dict(support=[1, 3], pool=[2], concepts=np.int64(3))) | dict(generic=0), dict(concepts=3, support=(1, 3), pool=(2,), generic=0))
+test_fail(lambda: profile_sizes('conconchi', dict(per_query=0)), contains="'per_query' must be an int of at least 1, not 0")
+test_fail(lambda: profile_sizes('conconchi', dict(per_query=True)), contains="'per_query' must be an int of at least 1, not True")
+test_fail(lambda: profile_sizes('conconchi', dict(contexts=12)), contains="'contexts' must be an int from 1 to 11 (places per concept), not 12")
+test_fail(lambda: profile_sizes('pervl', dict(concepts=60)), contains="'concepts' must be an int from 1 to 50")
+test_fail(lambda: profile_sizes('pervl', dict(support=(5, 5))), contains="'support' must be a range (low, high)")
+test_fail(lambda: profile_sizes('pervl', dict(support=(5,))), contains="'support' must be a range (low, high)")
+test_fail(lambda: profile_sizes('pervl', dict(pool=4)), contains="'pool' must be a non-empty tuple")
+test_fail(lambda: profile_sizes('pervl', dict(support=(30, 31), pool=(4,))), contains="up to 34 photos, more than the 32 image numbers")
+test_eq(max(profile_sizes('pervl', p)['support'][1] - 1 + max(profile_sizes('pervl', p)['pool']) for p in PROFILES['pervl']), 26)
+test_fail(lambda: profile_sizes('pervl', ['small']), contains="profile must be one of")
 
 # %%
 #| export
@@ -1408,25 +1459,182 @@ print(vlm_caption(s0, np.random.default_rng(0))); print(vlm_caption(mutate(s0, n
 caps, labs = vlm_captions([sample_scene(np.random.default_rng(i)) for i in range(200)])
 test_eq(pd.Series(labs).value_counts().to_dict(), dict(right=176, minor=20, wrong=4))
 
-
 # %% [markdown]
 # Every benchmark folder also gets a concept-free retrieval set (`generic/images/`,
 # `generic/captions.json`, one scene caption per photo, from the held-out stream) for the
-# general-knowledge chapter, and a `world.json` that records how it was made (seed, profile, counts,
-# the concepts, each VLM caption's label). Writing into a folder that holds something else is refused.
+# general-knowledge chapter, and a `world.json` that records how it was made (seed, profile, size,
+# counts, the concepts, each VLM caption's label) and lists every file the world wrote (`files`,
+# paths relative to the folder, `world.json` among them).
+#
+# The arguments are checked before anything is written: `seed` a non-negative int, `size` an int of
+# at least `MIN_SIZE` pixels, `fmt` and `profile` as `profile_sizes` checks them, and `root` a
+# folder (or nothing yet) other than the current one or one that holds it, since the world is
+# written beside it and moved there. An int may be a numpy integer; a bool is refused.
 
 # %%
 #| export
-def _prepare(root:Path)->Path:
-    "Make `root` ready: empty, or a world written before (then its content goes)."
-    root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        if not (root/'world.json').is_file(): raise FileExistsError(f"{root} is not empty and holds no world.json: refusing to write a world there")
-        import shutil
-        for p in root.iterdir(): shutil.rmtree(p) if p.is_dir() else p.unlink()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+MIN_SIZE = 32  # the smallest photo side (pixels) the writers accept: smaller photos draw their smallest things at a clamped size
 
+def _check_args(root:str|Path, fmt:str, seed, profile:str|dict, size)->tuple:
+    "(seed, profile, size) as plain values, or an error naming the first bad argument; nothing is written."
+    sizes = profile_sizes(fmt, profile)
+    profile = {k: sizes[k] for k in profile} if isinstance(profile, dict) else profile
+    seed, size = _int('seed', seed, 0), _int('size', size, MIN_SIZE, why=' (pixels)')
+    if not isinstance(root, (str, os.PathLike)): raise TypeError(f"root must be a folder's path (str or Path), not {root!r}")
+    r, here = Path(root).resolve(), Path.cwd().resolve()
+    if r.exists() and not r.is_dir(): raise NotADirectoryError(f"root must be a folder, not the file {root}")
+    if r == here or r in here.parents: raise ValueError(f"root must not be the current folder or hold it (the world is written beside it and moved there), not {root!r}")
+    return seed, profile, size
+
+
+# %%
+test_eq(_check_args('w', 'pervl', np.int64(3), dict(support=[1, 3]), 48), (3, dict(support=(1, 3)), 48))
+test_fail(lambda: _check_args('w', 'conconchi', -1, 'small', 64), contains='seed must be a non-negative int, not -1')
+test_fail(lambda: _check_args('w', 'conconchi', True, 'small', 64), contains='seed must be a non-negative int, not True')
+test_fail(lambda: _check_args('w', 'conconchi', 0, 'small', 16), contains='size must be an int of at least 32 (pixels), not 16')
+test_fail(lambda: _check_args('w', 'conconchi', 0, 'small', 64.), contains='size must be an int of at least 32 (pixels), not 64.0')
+test_fail(lambda: _check_args('.', 'conconchi', 0, 'small', 64), contains='root must not be the current folder')
+test_fail(lambda: _check_args(os.devnull, 'conconchi', 0, 'small', 64), contains='root must be a folder, not the file')
+
+# %% [markdown]
+# Why 32 pixels: a sprite is drawn at twice the photo's side and at least 4 pixels high and 3 wide,
+# so a thing smaller than that is drawn larger than it is, its pattern and emblem lost. From 32
+# pixels on, all but about one thing in a thousand keep their size (the few left are tall narrow
+# bottles, under a twentieth of the photo wide); at 16 pixels one in fifty is drawn larger, at 8
+# pixels more than a third. The share of the `small` plan's things drawn at a clamped size, by
+# photo side (rendering itself works at any side):
+
+# %%
+things = [t for r in tr + te for s in r.scenes for t in s.things]
+clamped = lambda n: np.mean([round(t.h*2*n) < 4 or round(t.w*2*n) < 3 for t in things])
+test_eq(render(te[0].scenes[0], MIN_SIZE).shape, (MIN_SIZE, MIN_SIZE, 3))
+assert clamped(MIN_SIZE) < .001 < .01 < clamped(MIN_SIZE//2)
+pd.DataFrame(dict(size=[8, 16, 24, MIN_SIZE, 64], clamped=[round(clamped(n), 4) for n in (8, 16, 24, MIN_SIZE, 64)]))
+
+# %% [markdown]
+# A world is written into a folder beside `root`, `.<name>.polar-nb/new/` (the folder holds a
+# marker file saying polar-nb made it), and moved into place only when it is complete: the world
+# in `root` moves aside to `.<name>.polar-nb/old/`, the new one takes its place (both renames in one
+# parent folder, each atomic), the files a user added to the old world (those not on its list)
+# follow to the same paths, and the folder beside goes. A run that fails leaves `root` as it was. A
+# killed run leaves the folder beside; the next run for the same `root` removes it, first undoing or
+# finishing the move when the kill came in the middle of it, and never removes a folder of that
+# name without the marker. Nothing the package did not write is removed: for a world written before
+# worlds listed their files, the files its format's writer produces count as its own. Writing into
+# a folder that holds something but no world, or where a user's file is in the way of one the new
+# world writes, is refused, and nothing is changed.
+
+# %%
+#| export
+_MARK = '.polar-nb-work'  # the marker file of a folder the writers made beside a world
+_WRITES = {'conconchi': r'data/images/[^/]+|data/annotations/(train|test)\.json|vlm_captions\.json|generic/.+|world\.json',
+           'pervl': r'train/image/[^/]+|[^/]+_fsl_train\.txt|[^/]+_captions\.csv|train_coarse_grained_names\.csv|vlm_captions\.json|generic/.+|world\.json'}
+
+def _listing(root:Path)->list:
+    "Relative paths of everything under `root` but folders (a link is listed, not followed), sorted."
+    return sorted(Path(d, n).relative_to(root).as_posix() for d, ds, fs in os.walk(root) for n in fs + [x for x in ds if os.path.islink(os.path.join(d, x))])
+
+def _user_files(root:Path)->list:
+    "The files in `root` that its world did not write; an error if `root` holds something but no polar-nb world."
+    if not root.is_dir() or not any(root.iterdir()): return []
+    if not (root/'world.json').is_file(): raise FileExistsError(f"{root} is not empty and holds no world.json: refusing to write a world there")
+    try: info = json.loads((root/'world.json').read_text(encoding='utf-8'))
+    except ValueError: info = None  # not JSON (UnicodeDecodeError is a ValueError too)
+    if isinstance(info, dict) and isinstance(info.get('files'), list): return [f for f in _listing(root) if f not in set(map(str, info['files']))]
+    if isinstance(info, dict) and info.get('format') in _WRITES: return [f for f in _listing(root) if not re.fullmatch(_WRITES[info['format']], f)]
+    raise FileExistsError(f"{root}/world.json is not one polar-nb wrote (no format, no list of files): refusing to write a world there")
+
+def _clashes(keep:list, new:list)->list:
+    "The files of `keep` in the way of files `new`: at the same path, at a folder of theirs, or under one of them."
+    new = set(new); dirs = {p.as_posix() for f in new for p in PurePosixPath(f).parents}
+    return [f for f in keep if f in new or f in dirs or any(p.as_posix() in new for p in PurePosixPath(f).parents)]
+
+
+# %%
+d0 = Path(tempfile.mkdtemp())
+(d0/'a'/'b').mkdir(parents=True); (d0/'a'/'b'/'x.txt').write_text('x'); (d0/'world.json').write_text(json.dumps(dict(format='conconchi', files=['world.json'])))
+test_eq(_listing(d0), ['a/b/x.txt', 'world.json']); test_eq(_user_files(d0), ['a/b/x.txt'])
+(d0/'world.json').write_text(json.dumps(dict(format='pervl'))); (d0/'test_fsl_train.txt').write_text('')  # no list: the pervl writer's files are the world's
+test_eq(_user_files(d0), ['a/b/x.txt'])
+(d0/'world.json').write_text('{}'); test_fail(lambda: _user_files(d0), contains='is not one polar-nb wrote')
+(d0/'world.json').unlink(); test_fail(lambda: _user_files(d0), contains='holds no world.json')
+test_eq(_clashes(['a/b/x.txt', 'mine.txt', 'generic', 'notes/n.md'], ['a/b/x.txt/y', 'mine.txt', 'generic/captions.json', 'world.json']), ['a/b/x.txt', 'mine.txt', 'generic'])
+shutil.rmtree(d0)
+
+
+# %%
+#| export
+def _work(root:Path)->Path:
+    "The folder beside `root` where a world is written (`new/`) and the world it replaces waits (`old/`)."
+    return root.parent/f'.{root.name}.polar-nb'
+
+def _move(src:Path, dst:Path, files:list):
+    "Move `files` (relative paths) from `src` to the same paths under `dst`, never over something there."
+    for f in files:
+        if os.path.lexists(dst/f): raise FileExistsError(f"{dst/f} is in the way of {src/f}: move one of them and run again")
+        (dst/f).parent.mkdir(parents=True, exist_ok=True); os.rename(src/f, dst/f)
+
+def _recover(root:Path):
+    "Remove the folder a failed or killed write left beside `root`, first putting back the world it replaced, or that world's user files."
+    work = _work(root)
+    if not os.path.lexists(work): return
+    if not work.is_dir() or work.is_symlink() or (any(work.iterdir()) and not (work/_MARK).is_file()):
+        raise FileExistsError(f"{work} is in the way and polar-nb did not make it (it has no {_MARK}): move it or write the world elsewhere")
+    if (work/'old').is_dir():
+        if root.exists(): _move(work/'old', root, _user_files(work/'old'))  # the new world is in place: the user's files follow
+        else: os.rename(work/'old', root)  # killed between the two renames: the old world goes back
+        if (work/'old').exists(): os.rename(work/'old', work/'done')
+    for p in work.iterdir():
+        if p.name != _MARK: shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    (work/_MARK).unlink(missing_ok=True); work.rmdir()
+
+def _swap(root:Path, work:Path):
+    "Move the world in `root` to `work/old` and the new one, `work/new`, to `root`, unless a user's file is in the way."
+    if clash := _clashes(_user_files(root), _listing(work/'new')):
+        raise FileExistsError(f"{root} holds {clash}, in the way of files the new world writes: move them and run again (nothing was changed)")
+    if os.path.lexists(root): os.rename(root, work/'old')
+    os.rename(work/'new', root)
+
+@contextmanager
+def _staged(root:str|Path):
+    "A folder to write a world in; when the block ends without error, the world replaces the one in `root`, whose user's files stay."
+    root = Path(root).resolve(); _recover(root); _user_files(root)
+    work = _work(root); work.mkdir(parents=True)
+    (work/_MARK).write_text(f'polar-nb writes a world for {root.name} here; the next run for that folder removes this one\n', encoding='utf-8')
+    try: (work/'new').mkdir(); yield work/'new'; _swap(root, work)
+    finally: _recover(root)
+
+def _write_info(d:Path, info:dict):
+    "Write `d/world.json`: `info` and the list of every file the world wrote, which a world later written in its place removes."
+    _write_json(d/'world.json', info | dict(files=sorted(_listing(d) + ['world.json'])), 1)
+
+
+# %%
+t0 = Path(tempfile.mkdtemp()); w0 = t0/'w'
+def toy(text:str, fail:bool=False):
+    "A toy world: `b.txt` holding `text`; fails half-way if `fail`."
+    with _staged(w0) as d:
+        (d/'b.txt').write_text(text)
+        if fail: raise RuntimeError('half-way')
+        _write_info(d, dict(format='toy'))
+toy('1'); (w0/'notes').mkdir(); (w0/'notes'/'mine.txt').write_text('mine')
+test_eq(json.loads((w0/'world.json').read_text())['files'], ['b.txt', 'world.json'])
+test_fail(lambda: toy('2', fail=True), contains='half-way')
+test_eq(((w0/'b.txt').read_text(), os.listdir(t0)), ('1', ['w']))  # as it was, nothing beside
+work = _work(w0.resolve()); (work/'new').mkdir(parents=True); (work/_MARK).touch(); (work/'new'/'b.txt').write_text('half')  # what a killed run leaves
+toy('3'); test_eq(((w0/'b.txt').read_text(), (w0/'notes'/'mine.txt').read_text(), os.listdir(t0)), ('3', 'mine', ['w']))
+work.mkdir(); (work/_MARK).touch(); os.rename(w0, work/'old'); _recover(w0.resolve())  # killed between the two renames: put back
+test_eq(((w0/'b.txt').read_text(), os.listdir(t0)), ('3', ['w']))
+(w0/'b.txt').unlink(); (w0/'b.txt').mkdir(); (w0/'b.txt'/'x').write_text('a user folder where the world writes a file')
+test_eq(_user_files(w0), ['b.txt/x', 'notes/mine.txt']); test_fail(lambda: toy('4'), contains="holds ['b.txt/x'], in the way")
+test_eq(os.listdir(t0), ['w'])
+work.mkdir(); (work/'thesis.tex').write_text('not made by polar-nb'); test_fail(lambda: toy('4'), contains='polar-nb did not make it')
+test_eq((work/'thesis.tex').read_text(), 'not made by polar-nb')
+shutil.rmtree(t0)
+
+
+# %%
+#| export
 def _write_generic(root:Path, n:int, seed:int, size:int)->int:
     "Write the held-out concept-free retrieval set under `root/generic/`; returns its size."
     imgs, caps = generic_retrieval(n, seed, size)
@@ -1439,9 +1647,9 @@ def _write_generic(root:Path, n:int, seed:int, size:int)->int:
 
 # %%
 #| export
-def write_conconchi(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64)->Path:
-    "Write a ConCon-Chi world under `root` (data/images, data/annotations, vlm_captions.json, generic/, world.json)."
-    root = _prepare(root); img_dir = root/'data'/'images'; img_dir.mkdir(parents=True)
+def _cc_world(d:Path, seed:int, profile:str|dict, size:int):
+    "Write the files of a ConCon-Chi world into the empty folder `d`, world.json last."
+    img_dir = d/'data'/'images'; img_dir.mkdir(parents=True)
     train, test = conconchi_plan(seed, profile)
     scenes = [s for r in train + test for s in r.scenes]
     order = _rng(seed, 11, 0).permutation(len(scenes))
@@ -1449,14 +1657,19 @@ def write_conconchi(root:str|Path, seed:int=0, profile:str|dict='small', size:in
     for s in scenes: _save(render(s, size), img_dir/names[id(s)])
     pool = [(names[id(s)], s) for r in test for s in r.scenes]
     for split, rows in (('train', train), ('test', test)):
-        _write_json(root/'data'/'annotations'/f'{split}.json', _cc_file(_cc_rows(rows, names, pool if split == 'test' else [])), 4)
+        _write_json(d/'data'/'annotations'/f'{split}.json', _cc_file(_cc_rows(rows, names, pool if split == 'test' else [])), 4)
     caps, labs = vlm_captions([s for _, s in pool], seed)
-    _write_json(root/'vlm_captions.json', {f'data/images/{f}': c for (f, _), c in zip(pool, caps)})
-    n_gen = _write_generic(root, profile_sizes('conconchi', profile)['generic'], seed, size)
-    _write_json(root/'world.json', dict(format='conconchi', seed=seed, profile=profile, size=size, concepts=[c.name for c in CONCEPTS],
+    _write_json(d/'vlm_captions.json', {f'data/images/{f}': c for (f, _), c in zip(pool, caps)})
+    n_gen = _write_generic(d, profile_sizes('conconchi', profile)['generic'], seed, size)
+    _write_info(d, dict(format='conconchi', seed=seed, profile=profile, size=size, concepts=[c.name for c in CONCEPTS],
         counts=dict(support=len(train), pool=len(pool), queries=sum(r.kind != 'negative' for r in test), generic=n_gen),
-        vlm_labels={f'data/images/{f}': l for (f, _), l in zip(pool, labs)}), 1)
-    return root
+        vlm_labels={f'data/images/{f}': l for (f, _), l in zip(pool, labs)}))
+
+def write_conconchi(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64)->Path:
+    "Write a ConCon-Chi world under `root` (data/images, data/annotations, vlm_captions.json, generic/, world.json); returns `root`."
+    seed, profile, size = _check_args(root, 'conconchi', seed, profile, size)
+    with _staged(root) as d: _cc_world(d, seed, profile, size)
+    return Path(root)
 
 
 # %% [markdown]
@@ -1533,7 +1746,7 @@ def _fsl(path:Path, support:dict):
 def _pervl_names(rng, plan:dict)->dict:
     "id(scene) → image number: a block of consecutive numbers per pair id, shuffled inside the block."
     items = [(sup + pool) for split in plan.values() for _, _, sup, pool in split]
-    bases = np.sort(rng.choice(np.arange(1, 190000//32), len(items), replace=False))*32
+    bases = np.sort(rng.choice(np.arange(1, 190000//_BLOCK), len(items), replace=False))*_BLOCK
     return {id(s): int(b) + int(k) for b, ss in zip(bases, items) for k, s in zip(rng.permutation(len(ss)), ss)}
 
 def _pervl_split(root:Path, split:str, items:list, name, caps:dict, rng):
@@ -1556,9 +1769,9 @@ def _pervl_info(plan:dict, seed:int, profile:str|dict, size:int, n_gen:int, labe
                 counts={sp: dict(concepts=len(its), support=sum(len(x[2]) for x in its), pool=sum(len(x[3]) for x in its)) for sp, its in plan.items()} | dict(generic=n_gen),
                 vlm_labels=labels)
 
-def write_pervl(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64)->Path:
-    "Write a PerVL DeepFashion2 world (test and validation splits) under `root`."
-    root = _prepare(root); (root/'train'/'image').mkdir(parents=True)
+def _pervl_world(root:Path, seed:int, profile:str|dict, size:int):
+    "Write the files of a PerVL DeepFashion2 world into the empty folder `root`, world.json last."
+    (root/'train'/'image').mkdir(parents=True)
     plan, rng = pervl_plan(seed, profile), _rng(seed, 31, 0)
     num = _pervl_names(rng, plan); name = lambda s: f'{num[id(s)]:06d}.jpg'
     scenes = [s for its in plan.values() for _, _, sup, pool in its for s in sup + pool]
@@ -1571,25 +1784,31 @@ def write_pervl(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64
     vcaps, labs = vlm_captions([s for s, _ in pool], seed)
     _write_json(root/'vlm_captions.json', {f'train/image/{name(s)}': v for (s, _), v in zip(pool, vcaps)})
     n_gen = _write_generic(root, profile_sizes('pervl', profile)['generic'], seed, size)
-    _write_json(root/'world.json', _pervl_info(plan, seed, profile, size, n_gen, {f'train/image/{name(s)}': l for (s, _), l in zip(pool, labs)}), 1)
-    return root
+    _write_info(root, _pervl_info(plan, seed, profile, size, n_gen, {f'train/image/{name(s)}': l for (s, _), l in zip(pool, labs)}))
+
+def write_pervl(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64)->Path:
+    "Write a PerVL DeepFashion2 world (test and validation splits) under `root`; returns `root`."
+    seed, profile, size = _check_args(root, 'pervl', seed, profile, size)
+    with _staged(root) as d: _pervl_world(d, seed, profile, size)
+    return Path(root)
 
 
 # %% [markdown]
 # ## `make_benchmark`
 #
-# One entry point for both formats. The same seed gives byte-identical files.
+# One entry point for both formats. The same arguments give byte-identical files; a world written
+# again in the same folder replaces the files of the world there and keeps those a user added.
 
 # %%
 #| export
-def make_benchmark(root:str|Path, # folder to write (empty, or a world written before)
+def make_benchmark(root:str|Path, # folder to write: absent, empty, or a world written before (its files are replaced, a user's stay)
                    fmt:str='conconchi', # 'conconchi' or 'pervl'
-                   seed:int=0, # the photos' seed (the concepts are the same for every seed)
+                   seed:int=0, # the photos' seed, a non-negative int (the concepts are the same for every seed)
                    profile:str|dict='small', # 'small' (a chapter runs in about a minute on CPU), 'full' (the real benchmarks' sizes) or a dict of sizes (`profile_sizes`)
-                   size:int=64, # image side in pixels
+                   size:int=64, # image side in pixels, at least `MIN_SIZE`
                   )->Path:
     "Write a world benchmark in the real on-disk format `fmt` under `root`; returns `root`."
-    profile_sizes(fmt, profile)  # a clear error for an unknown format, profile or size
+    profile_sizes(fmt, profile)  # a clear error for an unknown format, profile or size; the writer checks the rest
     return (write_conconchi if fmt == 'conconchi' else write_pervl)(root, seed, profile, size)
 
 
@@ -1658,6 +1877,24 @@ make_benchmark(tmp/'again', 'conconchi', seed=0)
 test_eq(digest(tmp/'again'), digest(tmp/'conconchi'))
 make_benchmark(tmp/'again', 'conconchi', seed=1)
 assert digest(tmp/'again') != digest(tmp/'conconchi')
+
+# %% [markdown]
+# Written again in the same folder, a world replaces the files of the world there and keeps a
+# user's; a run that fails half-way (here the disk fills up after 100 photos) leaves the folder as
+# it was, and nothing beside it:
+
+# %%
+(tmp/'again'/'notes.txt').write_text('my notes'); before = digest(tmp/'again')
+real_save, saved = _save, []
+def full_disk(img, path):
+    "`_save` on a disk that fills up after 100 photos."
+    if len(saved) == 100: raise OSError('No space left on device')
+    saved.append(path); real_save(img, path)
+with patch.dict(globals(), _save=full_disk): test_fail(lambda: make_benchmark(tmp/'again', 'conconchi', seed=0), contains='No space left')
+test_eq(digest(tmp/'again'), before); test_eq([p.name for p in tmp.iterdir() if 'polar-nb' in p.name], [])
+make_benchmark(tmp/'again', 'conconchi', seed=0)
+test_eq((tmp/'again'/'notes.txt').read_text(), 'my notes'); (tmp/'again'/'notes.txt').unlink()
+test_eq(digest(tmp/'again'), digest(tmp/'conconchi'))
 
 # %% [markdown]
 # The `full` profile's sizes, counted from its plans (drawing them takes about a minute, below):

@@ -6,8 +6,8 @@ Docs: https://polar-nb.github.io/polar-nb/world.html.md"""
 
 # %% auto #0
 __all__ = ['COLOURS', 'PATTERNS', 'EMBLEMS', 'CLASSES', 'GARMENTS', 'CONTEXTS', 'SKINS', 'POSES', 'SHAPES', 'BACKGROUNDS', 'L',
-           'CONCEPTS', 'WORLD_SEED', 'TEMPLATES', 'RELATIONS', 'VERBS', 'PROFILES', 'COMMON', 'VLM_ERRORS', 'Context',
-           'Look', 'Outfit', 'shape_masks', 'pattern_mask', 'emblem_points', 'object_sprite', 'person_masks',
+           'CONCEPTS', 'WORLD_SEED', 'TEMPLATES', 'RELATIONS', 'VERBS', 'PROFILES', 'COMMON', 'VLM_ERRORS', 'MIN_SIZE',
+           'Context', 'Look', 'Outfit', 'shape_masks', 'pattern_mask', 'emblem_points', 'object_sprite', 'person_masks',
            'garment_mask', 'person_sprite', 'background', 'Thing', 'Scene', 'render', 'Concept', 'phrase',
            'thing_phrase', 'scene_caption', 'vlm_caption', 'concept_keys', 'sample_look', 'garment_concepts', 'relate',
            'sample_scene', 'generic_scenes', 'generic_retrieval', 'concept_thing', 'concept_scene', 'profile_sizes',
@@ -15,10 +15,11 @@ __all__ = ['COLOURS', 'PATTERNS', 'EMBLEMS', 'CLASSES', 'GARMENTS', 'CONTEXTS', 
            'pervl_captions', 'pervl_plan', 'write_pervl', 'make_benchmark']
 
 # %% ../nbs/00_world.ipynb #5f502059
-import csv, hashlib, io, json, math, time
+import csv, hashlib, io, json, math, numbers, os, re, shutil, time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
@@ -831,17 +832,43 @@ PROFILES = {'conconchi': dict(small=dict(contexts=4, per_query=3, multi=8, per_m
                               full=dict(contexts=10, per_query=12, multi=40, per_multi=8, neg_concept=20, distractors=900, support=5, generic=1000)),
             'pervl': dict(small=dict(concepts=20, support=(5, 6), pool=(4,), generic=200),
                           full=dict(concepts=50, support=(10, 22), pool=(1, 2, 3, 4, 5), generic=1000))}
+_COUNTS = {'conconchi': dict(contexts=(1, len(CONTEXTS), ' (places per concept)'), per_query=(1,), multi=(0,), per_multi=(1,), neg_concept=(0,),
+                             distractors=(0,), support=(1, len(CONTEXTS), ' (support photos per concept, each in its own place)'), generic=(0,)),
+           'pervl': dict(concepts=(1, 50, ' (garment concepts per split)'), generic=(0,))}
+_BLOCK = 32  # image numbers of a PerVL pair id: its photos, support and pool, must fit
+
+def _int(name:str, # the argument, as an error names it
+         v, lo:int, hi:int|None=None, # the range `v` must be in
+         why:str='', # said after the range in an error
+        )->int:
+    "`v` as an int from `lo` to `hi`, or an error saying what `name` must be."
+    ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if ok and lo <= v and (hi is None or v <= hi): return int(v)
+    what = f'an int from {lo} to {hi}' if hi is not None else 'a non-negative int' if lo == 0 else f'an int of at least {lo}'
+    raise (ValueError if ok else TypeError)(f"{name} must be {what}{why}, not {v!r}")
+
+def _size(fmt:str, k:str, v):
+    "Size `k` of a `fmt` profile as plain ints, or an error naming it rather than a wrong world."
+    if k in _COUNTS[fmt]: return _int(f'profile size {k!r}', v, *_COUNTS[fmt][k])
+    ints = isinstance(v, (tuple, list)) and all(isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 1 for x in v)
+    if ints and (len(v) == 2 and v[0] < v[1] if k == 'support' else len(v) > 0): return tuple(int(x) for x in v)
+    what = ('a range (low, high) of ints with 1 <= low < high (a concept gets low to high-1 support photos)' if k == 'support'
+            else 'a non-empty tuple of ints of at least 1 (the numbers of pool photos a concept can get)')
+    raise ValueError(f"profile size {k!r} must be {what}, not {v!r}")
 
 def profile_sizes(fmt:str, # 'conconchi' or 'pervl'
                   profile:str|dict, # a name in `PROFILES[fmt]`, or a dict changing some of the `small` sizes
                  )->dict:
-    "The sizes a world of `fmt` is drawn with: a named profile's, or `small`'s with the values of a dict changed."
-    if fmt not in PROFILES: raise ValueError(f"fmt must be one of {list(PROFILES)}, not {fmt!r}")
+    "The sizes a world of `fmt` is drawn with: a named profile's, or `small`'s with the values of a dict changed (checked)."
+    if not isinstance(fmt, str) or fmt not in PROFILES: raise ValueError(f"fmt must be one of {list(PROFILES)}, not {fmt!r}")
     if isinstance(profile, dict):
-        if bad := sorted(set(profile) - set(PROFILES[fmt]['small'])):
+        if bad := sorted(set(profile) - set(PROFILES[fmt]['small']), key=str):
             raise ValueError(f"unknown size(s) {bad} for {fmt}: the sizes are {list(PROFILES[fmt]['small'])}")
-        return {**PROFILES[fmt]['small'], **profile}
-    if profile not in PROFILES[fmt]: raise ValueError(f"profile must be one of {list(PROFILES[fmt])} or a dict of sizes, not {profile!r}")
+        p = {**PROFILES[fmt]['small'], **{k: _size(fmt, k, v) for k, v in profile.items()}}
+        if fmt == 'pervl' and (n := p['support'][1] - 1 + max(p['pool'])) > _BLOCK:
+            raise ValueError(f"profile sizes 'support' {p['support']} and 'pool' {p['pool']} give a concept up to {n} photos, more than the {_BLOCK} image numbers of its block")
+        return p
+    if not isinstance(profile, str) or profile not in PROFILES[fmt]: raise ValueError(f"profile must be one of {list(PROFILES[fmt])} or a dict of sizes, not {profile!r}")
     return dict(PROFILES[fmt][profile])
 
 # %% ../nbs/00_world.ipynb #286868e1
@@ -973,16 +1000,89 @@ def vlm_captions(scenes:list, seed:int=0)->tuple:
     return caps, lab.tolist()
 
 # %% ../nbs/00_world.ipynb #4b89fd92
-def _prepare(root:Path)->Path:
-    "Make `root` ready: empty, or a world written before (then its content goes)."
-    root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        if not (root/'world.json').is_file(): raise FileExistsError(f"{root} is not empty and holds no world.json: refusing to write a world there")
-        import shutil
-        for p in root.iterdir(): shutil.rmtree(p) if p.is_dir() else p.unlink()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+MIN_SIZE = 32  # the smallest photo side (pixels) the writers accept: smaller photos draw their smallest things at a clamped size
 
+def _check_args(root:str|Path, fmt:str, seed, profile:str|dict, size)->tuple:
+    "(seed, profile, size) as plain values, or an error naming the first bad argument; nothing is written."
+    sizes = profile_sizes(fmt, profile)
+    profile = {k: sizes[k] for k in profile} if isinstance(profile, dict) else profile
+    seed, size = _int('seed', seed, 0), _int('size', size, MIN_SIZE, why=' (pixels)')
+    if not isinstance(root, (str, os.PathLike)): raise TypeError(f"root must be a folder's path (str or Path), not {root!r}")
+    r, here = Path(root).resolve(), Path.cwd().resolve()
+    if r.exists() and not r.is_dir(): raise NotADirectoryError(f"root must be a folder, not the file {root}")
+    if r == here or r in here.parents: raise ValueError(f"root must not be the current folder or hold it (the world is written beside it and moved there), not {root!r}")
+    return seed, profile, size
+
+# %% ../nbs/00_world.ipynb #ecd7c040
+_MARK = '.polar-nb-work'  # the marker file of a folder the writers made beside a world
+_WRITES = {'conconchi': r'data/images/[^/]+|data/annotations/(train|test)\.json|vlm_captions\.json|generic/.+|world\.json',
+           'pervl': r'train/image/[^/]+|[^/]+_fsl_train\.txt|[^/]+_captions\.csv|train_coarse_grained_names\.csv|vlm_captions\.json|generic/.+|world\.json'}
+
+def _listing(root:Path)->list:
+    "Relative paths of everything under `root` but folders (a link is listed, not followed), sorted."
+    return sorted(Path(d, n).relative_to(root).as_posix() for d, ds, fs in os.walk(root) for n in fs + [x for x in ds if os.path.islink(os.path.join(d, x))])
+
+def _user_files(root:Path)->list:
+    "The files in `root` that its world did not write; an error if `root` holds something but no polar-nb world."
+    if not root.is_dir() or not any(root.iterdir()): return []
+    if not (root/'world.json').is_file(): raise FileExistsError(f"{root} is not empty and holds no world.json: refusing to write a world there")
+    try: info = json.loads((root/'world.json').read_text(encoding='utf-8'))
+    except ValueError: info = None  # not JSON (UnicodeDecodeError is a ValueError too)
+    if isinstance(info, dict) and isinstance(info.get('files'), list): return [f for f in _listing(root) if f not in set(map(str, info['files']))]
+    if isinstance(info, dict) and info.get('format') in _WRITES: return [f for f in _listing(root) if not re.fullmatch(_WRITES[info['format']], f)]
+    raise FileExistsError(f"{root}/world.json is not one polar-nb wrote (no format, no list of files): refusing to write a world there")
+
+def _clashes(keep:list, new:list)->list:
+    "The files of `keep` in the way of files `new`: at the same path, at a folder of theirs, or under one of them."
+    new = set(new); dirs = {p.as_posix() for f in new for p in PurePosixPath(f).parents}
+    return [f for f in keep if f in new or f in dirs or any(p.as_posix() in new for p in PurePosixPath(f).parents)]
+
+# %% ../nbs/00_world.ipynb #fc1a6a83
+def _work(root:Path)->Path:
+    "The folder beside `root` where a world is written (`new/`) and the world it replaces waits (`old/`)."
+    return root.parent/f'.{root.name}.polar-nb'
+
+def _move(src:Path, dst:Path, files:list):
+    "Move `files` (relative paths) from `src` to the same paths under `dst`, never over something there."
+    for f in files:
+        if os.path.lexists(dst/f): raise FileExistsError(f"{dst/f} is in the way of {src/f}: move one of them and run again")
+        (dst/f).parent.mkdir(parents=True, exist_ok=True); os.rename(src/f, dst/f)
+
+def _recover(root:Path):
+    "Remove the folder a failed or killed write left beside `root`, first putting back the world it replaced, or that world's user files."
+    work = _work(root)
+    if not os.path.lexists(work): return
+    if not work.is_dir() or work.is_symlink() or (any(work.iterdir()) and not (work/_MARK).is_file()):
+        raise FileExistsError(f"{work} is in the way and polar-nb did not make it (it has no {_MARK}): move it or write the world elsewhere")
+    if (work/'old').is_dir():
+        if root.exists(): _move(work/'old', root, _user_files(work/'old'))  # the new world is in place: the user's files follow
+        else: os.rename(work/'old', root)  # killed between the two renames: the old world goes back
+        if (work/'old').exists(): os.rename(work/'old', work/'done')
+    for p in work.iterdir():
+        if p.name != _MARK: shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    (work/_MARK).unlink(missing_ok=True); work.rmdir()
+
+def _swap(root:Path, work:Path):
+    "Move the world in `root` to `work/old` and the new one, `work/new`, to `root`, unless a user's file is in the way."
+    if clash := _clashes(_user_files(root), _listing(work/'new')):
+        raise FileExistsError(f"{root} holds {clash}, in the way of files the new world writes: move them and run again (nothing was changed)")
+    if os.path.lexists(root): os.rename(root, work/'old')
+    os.rename(work/'new', root)
+
+@contextmanager
+def _staged(root:str|Path):
+    "A folder to write a world in; when the block ends without error, the world replaces the one in `root`, whose user's files stay."
+    root = Path(root).resolve(); _recover(root); _user_files(root)
+    work = _work(root); work.mkdir(parents=True)
+    (work/_MARK).write_text(f'polar-nb writes a world for {root.name} here; the next run for that folder removes this one\n', encoding='utf-8')
+    try: (work/'new').mkdir(); yield work/'new'; _swap(root, work)
+    finally: _recover(root)
+
+def _write_info(d:Path, info:dict):
+    "Write `d/world.json`: `info` and the list of every file the world wrote, which a world later written in its place removes."
+    _write_json(d/'world.json', info | dict(files=sorted(_listing(d) + ['world.json'])), 1)
+
+# %% ../nbs/00_world.ipynb #4d4289e0
 def _write_generic(root:Path, n:int, seed:int, size:int)->int:
     "Write the held-out concept-free retrieval set under `root/generic/`; returns its size."
     imgs, caps = generic_retrieval(n, seed, size)
@@ -992,10 +1092,10 @@ def _write_generic(root:Path, n:int, seed:int, size:int)->int:
     _write_json(root/'generic'/'captions.json', dict(zip(names, caps)))
     return n
 
-# %% ../nbs/00_world.ipynb #0067867d
-def write_conconchi(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64)->Path:
-    "Write a ConCon-Chi world under `root` (data/images, data/annotations, vlm_captions.json, generic/, world.json)."
-    root = _prepare(root); img_dir = root/'data'/'images'; img_dir.mkdir(parents=True)
+# %% ../nbs/00_world.ipynb #1802c157
+def _cc_world(d:Path, seed:int, profile:str|dict, size:int):
+    "Write the files of a ConCon-Chi world into the empty folder `d`, world.json last."
+    img_dir = d/'data'/'images'; img_dir.mkdir(parents=True)
     train, test = conconchi_plan(seed, profile)
     scenes = [s for r in train + test for s in r.scenes]
     order = _rng(seed, 11, 0).permutation(len(scenes))
@@ -1003,14 +1103,19 @@ def write_conconchi(root:str|Path, seed:int=0, profile:str|dict='small', size:in
     for s in scenes: _save(render(s, size), img_dir/names[id(s)])
     pool = [(names[id(s)], s) for r in test for s in r.scenes]
     for split, rows in (('train', train), ('test', test)):
-        _write_json(root/'data'/'annotations'/f'{split}.json', _cc_file(_cc_rows(rows, names, pool if split == 'test' else [])), 4)
+        _write_json(d/'data'/'annotations'/f'{split}.json', _cc_file(_cc_rows(rows, names, pool if split == 'test' else [])), 4)
     caps, labs = vlm_captions([s for _, s in pool], seed)
-    _write_json(root/'vlm_captions.json', {f'data/images/{f}': c for (f, _), c in zip(pool, caps)})
-    n_gen = _write_generic(root, profile_sizes('conconchi', profile)['generic'], seed, size)
-    _write_json(root/'world.json', dict(format='conconchi', seed=seed, profile=profile, size=size, concepts=[c.name for c in CONCEPTS],
+    _write_json(d/'vlm_captions.json', {f'data/images/{f}': c for (f, _), c in zip(pool, caps)})
+    n_gen = _write_generic(d, profile_sizes('conconchi', profile)['generic'], seed, size)
+    _write_info(d, dict(format='conconchi', seed=seed, profile=profile, size=size, concepts=[c.name for c in CONCEPTS],
         counts=dict(support=len(train), pool=len(pool), queries=sum(r.kind != 'negative' for r in test), generic=n_gen),
-        vlm_labels={f'data/images/{f}': l for (f, _), l in zip(pool, labs)}), 1)
-    return root
+        vlm_labels={f'data/images/{f}': l for (f, _), l in zip(pool, labs)}))
+
+def write_conconchi(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64)->Path:
+    "Write a ConCon-Chi world under `root` (data/images, data/annotations, vlm_captions.json, generic/, world.json); returns `root`."
+    seed, profile, size = _check_args(root, 'conconchi', seed, profile, size)
+    with _staged(root) as d: _cc_world(d, seed, profile, size)
+    return Path(root)
 
 # %% ../nbs/00_world.ipynb #952a731f
 def garment_scene(rng, pid:int, c:Concept, context:str|None=None)->Scene:
@@ -1055,7 +1160,7 @@ def _fsl(path:Path, support:dict):
 def _pervl_names(rng, plan:dict)->dict:
     "id(scene) → image number: a block of consecutive numbers per pair id, shuffled inside the block."
     items = [(sup + pool) for split in plan.values() for _, _, sup, pool in split]
-    bases = np.sort(rng.choice(np.arange(1, 190000//32), len(items), replace=False))*32
+    bases = np.sort(rng.choice(np.arange(1, 190000//_BLOCK), len(items), replace=False))*_BLOCK
     return {id(s): int(b) + int(k) for b, ss in zip(bases, items) for k, s in zip(rng.permutation(len(ss)), ss)}
 
 def _pervl_split(root:Path, split:str, items:list, name, caps:dict, rng):
@@ -1078,9 +1183,9 @@ def _pervl_info(plan:dict, seed:int, profile:str|dict, size:int, n_gen:int, labe
                 counts={sp: dict(concepts=len(its), support=sum(len(x[2]) for x in its), pool=sum(len(x[3]) for x in its)) for sp, its in plan.items()} | dict(generic=n_gen),
                 vlm_labels=labels)
 
-def write_pervl(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64)->Path:
-    "Write a PerVL DeepFashion2 world (test and validation splits) under `root`."
-    root = _prepare(root); (root/'train'/'image').mkdir(parents=True)
+def _pervl_world(root:Path, seed:int, profile:str|dict, size:int):
+    "Write the files of a PerVL DeepFashion2 world into the empty folder `root`, world.json last."
+    (root/'train'/'image').mkdir(parents=True)
     plan, rng = pervl_plan(seed, profile), _rng(seed, 31, 0)
     num = _pervl_names(rng, plan); name = lambda s: f'{num[id(s)]:06d}.jpg'
     scenes = [s for its in plan.values() for _, _, sup, pool in its for s in sup + pool]
@@ -1093,16 +1198,21 @@ def write_pervl(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64
     vcaps, labs = vlm_captions([s for s, _ in pool], seed)
     _write_json(root/'vlm_captions.json', {f'train/image/{name(s)}': v for (s, _), v in zip(pool, vcaps)})
     n_gen = _write_generic(root, profile_sizes('pervl', profile)['generic'], seed, size)
-    _write_json(root/'world.json', _pervl_info(plan, seed, profile, size, n_gen, {f'train/image/{name(s)}': l for (s, _), l in zip(pool, labs)}), 1)
-    return root
+    _write_info(root, _pervl_info(plan, seed, profile, size, n_gen, {f'train/image/{name(s)}': l for (s, _), l in zip(pool, labs)}))
+
+def write_pervl(root:str|Path, seed:int=0, profile:str|dict='small', size:int=64)->Path:
+    "Write a PerVL DeepFashion2 world (test and validation splits) under `root`; returns `root`."
+    seed, profile, size = _check_args(root, 'pervl', seed, profile, size)
+    with _staged(root) as d: _pervl_world(d, seed, profile, size)
+    return Path(root)
 
 # %% ../nbs/00_world.ipynb #34ddac55
-def make_benchmark(root:str|Path, # folder to write (empty, or a world written before)
+def make_benchmark(root:str|Path, # folder to write: absent, empty, or a world written before (its files are replaced, a user's stay)
                    fmt:str='conconchi', # 'conconchi' or 'pervl'
-                   seed:int=0, # the photos' seed (the concepts are the same for every seed)
+                   seed:int=0, # the photos' seed, a non-negative int (the concepts are the same for every seed)
                    profile:str|dict='small', # 'small' (a chapter runs in about a minute on CPU), 'full' (the real benchmarks' sizes) or a dict of sizes (`profile_sizes`)
-                   size:int=64, # image side in pixels
+                   size:int=64, # image side in pixels, at least `MIN_SIZE`
                   )->Path:
     "Write a world benchmark in the real on-disk format `fmt` under `root`; returns `root`."
-    profile_sizes(fmt, profile)  # a clear error for an unknown format, profile or size
+    profile_sizes(fmt, profile)  # a clear error for an unknown format, profile or size; the writer checks the rest
     return (write_conconchi if fmt == 'conconchi' else write_pervl)(root, seed, profile, size)

@@ -186,3 +186,200 @@ def test_profile_as_dict(tmp_path):
     data = pytest.importorskip('polar_nb.data')
     b = data.ConConChi(root)
     assert len(b.pool) == 64 and b.missing_images() == [] and len(b.queries('context')) == 21
+
+# replacing a world, failed and killed runs
+
+CC_TINY = dict(contexts=1, per_query=1, multi=1, per_multi=1, neg_concept=1, distractors=2, support=1, generic=3)
+PV_TINY = dict(concepts=2, support=(1, 3), pool=(1,), generic=2)
+TINY = dict(conconchi=CC_TINY, pervl=PV_TINY)
+
+def tiny(where:Path, fmt:str='conconchi', seed:int=0)->Path:
+    "A tiny world of `fmt` (32-pixel photos)."
+    return W.make_benchmark(where, fmt, seed=seed, profile=TINY[fmt], size=32)
+
+def snapshot(where:Path)->dict:
+    "{relative path: bytes} of every file under `where`."
+    return {p.relative_to(where).as_posix(): p.read_bytes() for p in sorted(where.rglob('*')) if p.is_file()}
+
+def world_part(where:Path, user=())->dict:
+    "`snapshot(where)` without the files `user`."
+    return {k: v for k, v in snapshot(where).items() if k not in user}
+
+def leftovers(parent:Path)->list:
+    "Folders a writer left beside its worlds in `parent`."
+    return [p.name for p in parent.iterdir() if 'polar-nb' in p.name]
+
+USER = {'mine.txt': 'keep me', 'notes/a.md': '# a', 'data/images/holiday.png': 'not a photo of the world', 'generic/mine.csv': 'x,y'}
+
+def add_user_files(where:Path, files=USER):
+    for k, v in files.items(): (where/k).parent.mkdir(parents=True, exist_ok=True); (where/k).write_text(v)
+
+def test_world_json_lists_its_files(tmp_path):
+    r = tiny(tmp_path/'cc')
+    info = json.loads((r/'world.json').read_text())
+    assert info['files'] == sorted(snapshot(r)) and 'world.json' in info['files']
+
+@pytest.mark.parametrize('fmt', ['conconchi', 'pervl'])
+def test_remake_keeps_user_files(tmp_path, fmt):
+    r = tiny(tmp_path/'w', fmt, seed=0); add_user_files(r)
+    tiny(r, fmt, seed=1)
+    assert all((r/k).read_text() == v for k, v in USER.items())
+    assert world_part(r, USER) == snapshot(tiny(tmp_path/'fresh', fmt, seed=1))
+    assert leftovers(tmp_path) == []
+
+def test_remake_other_format_and_size(tmp_path):
+    "Replacing a world removes every file it wrote, also those the new world does not write."
+    r = W.make_benchmark(tmp_path/'w', 'conconchi', seed=0, profile=CC_TINY | dict(distractors=9), size=32); add_user_files(r)
+    tiny(r, 'pervl', seed=2)
+    assert world_part(r, USER) == snapshot(tiny(tmp_path/'fresh', 'pervl', seed=2))
+    assert all((r/k).read_text() == v for k, v in USER.items())
+
+def test_remake_refuses_a_user_file_in_the_way(tmp_path):
+    r = tiny(tmp_path/'w', 'pervl'); add_user_files(r, {'data/annotations/train.json': '{}'})
+    before = snapshot(r)
+    with pytest.raises(FileExistsError, match='data/annotations/train.json'): tiny(r, 'conconchi')
+    assert snapshot(r) == before and leftovers(tmp_path) == []
+
+def test_remake_world_without_file_list(tmp_path):
+    "A world.json written before worlds listed their files: the files its format's writer produces go, the rest stay."
+    for fmt, theirs, mine in (('conconchi', ['data/images/IMG_9999.jpeg', 'generic/images/old.jpg'], ['mine.txt', 'data/mine.txt', 'data/images/sub/x.jpeg']),
+                              ('pervl', ['train/image/000001.jpg', 'old_fsl_train.txt', 'x_captions.csv'], ['mine.txt', 'train/mine.txt', 'fsl_train.txt'])):
+        r = tiny(tmp_path/fmt, fmt)
+        info = json.loads((r/'world.json').read_text()); del info['files']; (r/'world.json').write_text(json.dumps(info))
+        add_user_files(r, {k: k for k in theirs + mine})
+        tiny(r, fmt, seed=1)
+        assert all((r/k).read_text() == k for k in mine) and not any((r/k).exists() for k in theirs)
+        assert world_part(r, mine) == snapshot(tiny(tmp_path/f'fresh-{fmt}', fmt, seed=1))
+
+def test_refuses_a_world_json_it_did_not_write(tmp_path):
+    (tmp_path/'w').mkdir(); (tmp_path/'w'/'world.json').write_text('{"name": "my own world"}'); (tmp_path/'w'/'a.txt').write_text('a')
+    with pytest.raises(FileExistsError, match='world.json'): tiny(tmp_path/'w')
+    assert snapshot(tmp_path/'w') == {'world.json': b'{"name": "my own world"}', 'a.txt': b'a'}
+
+class Boom(Exception): pass
+
+def fail_after(monkeypatch, n:int, name:str='_save'):
+    "Make `W.<name>` raise Boom from its (n+1)-th call on."
+    real, calls = getattr(W, name), [0]
+    def f(*a, **kw):
+        calls[0] += 1
+        if calls[0] > n: raise Boom(f'{name} call {calls[0]}')
+        return real(*a, **kw)
+    monkeypatch.setattr(W, name, f)
+
+@pytest.mark.parametrize('fmt', ['conconchi', 'pervl'])
+@pytest.mark.parametrize('n', [0, 8])  # a tiny PerVL world saves 12 photos or so
+def test_failed_run_leaves_the_folder_as_it_was(tmp_path, monkeypatch, fmt, n):
+    fresh, old = tmp_path/'fresh', tiny(tmp_path/'old', fmt); add_user_files(old)
+    before = snapshot(old)
+    for r in (fresh, old):
+        with monkeypatch.context() as m, pytest.raises(Boom):
+            fail_after(m, n); tiny(r, fmt, seed=1)
+    assert not fresh.exists() and snapshot(old) == before and leftovers(tmp_path) == []
+    tiny(fresh, fmt, seed=1); tiny(old, fmt, seed=1)
+    assert snapshot(fresh) == world_part(old, USER)
+
+def test_failed_write_of_world_json(tmp_path, monkeypatch):
+    old = tiny(tmp_path/'old'); before = snapshot(old)
+    with monkeypatch.context() as m:
+        fail_after(m, 4, '_write_json')  # train.json, test.json, vlm_captions.json, generic/captions.json, then world.json
+        with pytest.raises(Boom): tiny(old, seed=1)
+    assert snapshot(old) == before and leftovers(tmp_path) == []
+
+KILL = '''
+import os, signal, sys
+from polar_nb import world as W
+where, fmt, seed, sizes, mod, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), eval(sys.argv[4]), sys.argv[5], sys.argv[6], int(sys.argv[7])
+obj = W if mod == 'W' else os
+real, calls = getattr(obj, name), [0]
+def f(*a, **kw):
+    calls[0] += 1
+    if calls[0] > n: os.kill(os.getpid(), signal.SIGKILL)
+    return real(*a, **kw)
+setattr(obj, name, f)
+W.make_benchmark(where, fmt, seed=seed, profile=sizes, size=32)
+'''
+
+def killed(where:Path, fmt:str, seed:int, at:tuple)->int:
+    "Run make_benchmark in a child process killed (SIGKILL) at call n+1 of the function `at` = (module, name, n); its exit status."
+    import subprocess, sys
+    args = [sys.executable, '-c', KILL, str(where), fmt, str(seed), repr(TINY[fmt]), *map(str, at)]
+    return subprocess.run(args, cwd=Path(W.__file__).parents[1], capture_output=True).returncode
+
+signal = pytest.importorskip('signal')
+
+@pytest.mark.skipif(not hasattr(signal, 'SIGKILL'), reason='needs SIGKILL')
+@pytest.mark.parametrize('at', [('W', '_save', 10), ('os', 'rename', 0), ('os', 'rename', 1), ('os', 'rename', 2), ('os', 'rename', 4),
+                                ('os', 'rename', 6), ('os', 'unlink', 10)])
+def test_killed_run(tmp_path, at):
+    "A killed run leaves the folder as it was (or, killed while moving the new world in, finishes or undoes that); the next run succeeds."
+    fresh, old = tmp_path/'fresh', tiny(tmp_path/'old'); add_user_files(old)
+    before = snapshot(old)
+    assert killed(fresh, 'conconchi', 1, at) in (0, -signal.SIGKILL)  # a fresh folder has fewer renames to kill at
+    assert killed(old, 'conconchi', 1, at) == -signal.SIGKILL
+    if at[1] == '_save':
+        assert snapshot(old) == before and not fresh.exists()
+    assert leftovers(tmp_path) or at[1] != '_save'  # a killed run leaves its folder
+    tiny(fresh, seed=1); tiny(old, seed=1)
+    assert snapshot(fresh) == world_part(old, USER) and all((old/k).read_text() == v for k, v in USER.items())
+    assert leftovers(tmp_path) == []
+
+def test_stale_folder_not_made_by_polar_nb_is_left_alone(tmp_path):
+    r = tmp_path/'w'; tiny(r)
+    (tmp_path/'.w.polar-nb').mkdir(); (tmp_path/'.w.polar-nb'/'thesis.tex').write_text('mine')
+    with pytest.raises(FileExistsError, match='polar-nb'): tiny(r, seed=1)
+    assert (tmp_path/'.w.polar-nb'/'thesis.tex').read_text() == 'mine'
+
+# arguments refused before anything is written
+
+@pytest.mark.parametrize('kw, msg', [
+    (dict(seed=-1), 'seed must be a non-negative int'), (dict(seed=True), 'seed must be a non-negative int'),
+    (dict(seed=1.5), 'seed must be a non-negative int'), (dict(seed='3'), 'seed must be a non-negative int'),
+    (dict(size=0), 'size must be an int of at least 32'), (dict(size=16), 'size must be an int of at least 32'),
+    (dict(size=64.0), 'size must be an int'), (dict(size=False), 'size must be an int'),
+    (dict(fmt='coco'), 'fmt must be one of'), (dict(fmt=['pervl']), 'fmt must be one of'),
+    (dict(profile='huge'), 'profile must be one of'), (dict(profile=['small']), 'profile must be one of'),
+    (dict(profile=dict(contexts=0)), "'contexts' must be"), (dict(profile=dict(contexts=12)), "'contexts' must be"),
+    (dict(profile=dict(per_query=0)), "'per_query' must be"), (dict(profile=dict(per_query=2.5)), "'per_query' must be"),
+    (dict(profile=dict(per_multi=0)), "'per_multi' must be"), (dict(profile=dict(support=0)), "'support' must be"),
+    (dict(profile=dict(distractors=-1)), "'distractors' must be"), (dict(profile=dict(generic=True)), "'generic' must be"),
+    (dict(fmt='pervl', profile=dict(concepts=0)), "'concepts' must be"), (dict(fmt='pervl', profile=dict(concepts=51)), "'concepts' must be"),
+    (dict(fmt='pervl', profile=dict(support=(5, 5))), "'support' must be"), (dict(fmt='pervl', profile=dict(support=(5,))), "'support' must be"),
+    (dict(fmt='pervl', profile=dict(support=5)), "'support' must be"), (dict(fmt='pervl', profile=dict(support=(0, 3))), "'support' must be"),
+    (dict(fmt='pervl', profile=dict(pool=())), "'pool' must be"), (dict(fmt='pervl', profile=dict(pool=(0, 4))), "'pool' must be"),
+    (dict(fmt='pervl', profile=dict(pool=4)), "'pool' must be"),
+    (dict(fmt='pervl', profile=dict(support=(40, 41), pool=(5,))), "more than the 32 image numbers")])
+def test_bad_arguments_refused_before_writing(tmp_path, kw, msg):
+    with pytest.raises((ValueError, TypeError), match=re.escape(msg)): W.make_benchmark(tmp_path/'w', **kw)
+    assert list(tmp_path.iterdir()) == []
+
+def test_root_must_be_a_folder(tmp_path, monkeypatch):
+    (tmp_path/'f').write_text('a file')
+    with pytest.raises(NotADirectoryError, match='root must be a folder'): W.make_benchmark(tmp_path/'f')
+    assert (tmp_path/'f').read_text() == 'a file'
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match='root must not be the current folder'): W.make_benchmark('.')
+    assert [p.name for p in tmp_path.iterdir()] == ['f']
+
+def test_writers_check_their_arguments(tmp_path):
+    for write in (W.write_conconchi, W.write_pervl):
+        with pytest.raises(ValueError, match='seed'): write(tmp_path/'w', seed=-2)
+        with pytest.raises(ValueError, match='size'): write(tmp_path/'w', size=8)
+    assert list(tmp_path.iterdir()) == []
+
+def test_numpy_ints_accepted(tmp_path):
+    r = W.make_benchmark(tmp_path/'w', 'pervl', seed=np.int64(1), profile=PV_TINY | dict(concepts=np.int64(2)), size=np.int32(32))
+    assert snapshot(r) == snapshot(tiny(tmp_path/'ref', 'pervl', seed=1))
+
+def test_min_size_renders():
+    s = W.sample_scene(np.random.default_rng(0))
+    assert W.render(s, W.MIN_SIZE).shape == (W.MIN_SIZE, W.MIN_SIZE, 3)
+
+def test_pervl_photos_fit_their_block():
+    "With more photos per concept than its block of 32 numbers, two photos would share a file name (seed 1: 26 of 4500)."
+    for fmt in ('pervl',):
+        for name in W.PROFILES[fmt]:
+            p = W.profile_sizes(fmt, name); assert p['support'][1] - 1 + max(p['pool']) <= 32
+    plan = W.pervl_plan(0, dict(concepts=5, support=(20, 29), pool=(4,)))  # the most that fits: 28 + 4
+    num = W._pervl_names(W._rng(0, 31, 0), plan)
+    assert len(set(num.values())) == len(num) == sum(len(a) + len(b) for its in plan.values() for _, _, a, b in its)
