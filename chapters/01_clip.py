@@ -24,7 +24,8 @@ from fastcore.test import test_eq, test_fail, test_close
 
 # %%
 #| export
-import hashlib, io, json, logging, os, re
+import hashlib, io, json, logging, os, re, tempfile, threading, warnings, weakref
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -57,6 +58,7 @@ class Backbone:
     device: str = 'cpu'
     defaults: dict = field(default_factory=lambda: dict(OPEN_CLIP_DEFAULTS))  # lam, iters, lr
     cache: dict = field(default_factory=dict)  # per-backbone memo (text prefixes), managed by polar_nb.polar
+    tuned: bool = False  # whether `defaults` were tuned for this backbone (shipped with it) rather than taken from the paper
 
     @property
     def width(self)->int: return self.model.transformer.width
@@ -93,18 +95,84 @@ class _Quiet(logging.Filter):
     "Drop open_clip's warning that a model was initialised randomly: that is what we asked for."
     def filter(self, r): return 'Model initialized randomly' not in r.getMessage()
 
-def _open_clip_backbone(name, pretrained, device, seed)->Backbone:
-    "An open_clip architecture, random (seeded) or with the given pretrained weights."
+def _hf_file(hub:str, cache_dir=None)->str|None:
+    "The cached Hugging Face file of open_clip's `hf_hub` entry ('org/model/' or 'org/model/file'), or None."
+    try: from huggingface_hub import try_to_load_from_cache
+    except ImportError: return None
+    repo, fname = os.path.split(hub)
+    names = [fname] if fname else ['open_clip_model.safetensors', 'open_clip_pytorch_model.bin']
+    if fname.endswith(('.bin', '.pth')): names.insert(0, fname[:-4] + '.safetensors')
+    for n in names:
+        f = try_to_load_from_cache(repo, n, cache_dir=cache_dir)
+        if isinstance(f, str) and os.path.isfile(f): return f
+    return None
+
+def pretrained_file(name:str, # open_clip architecture
+                    tag:str, # its pretrained tag (openai, laion2b_s34b_b79k, ...)
+                    cache_dir:str|Path|None=None, # open_clip's cache folder (default: its own)
+                   )->tuple[str|None, str|None, list[str]]:
+    "Where the weights of (`name`, `tag`) are on this machine: (file, 'hf' or 'url', the places looked in); no network."
+    cfg = import_open_clip().pretrained.get_pretrained_cfg(name, tag)
+    looked = []
+    if cfg.get('hf_hub'):
+        from huggingface_hub.constants import HF_HUB_CACHE
+        looked.append(f"the Hugging Face cache ({cache_dir or HF_HUB_CACHE}), repository {cfg['hf_hub'].rstrip('/')}")
+        if f := _hf_file(cfg['hf_hub'], cache_dir): return f, 'hf', looked
+    if cfg.get('url'):
+        f = Path(cache_dir or '~/.cache/clip').expanduser()/os.path.basename(cfg['url'])
+        looked.append(f"{f} (from {cfg['url']})")
+        if f.is_file(): return str(f), 'url', looked
+    return None, None, looked
+
+
+# %% [markdown]
+# Nothing is downloaded unless the caller asks: a pretrained tag is looked up in open_clip's caches
+# first, and when its weights are not there the error says where to put them, at once. A tag's
+# weights found in the Hugging Face cache load through open_clip with the hub held offline; a file
+# in open_clip's own cache loads as a checkpoint, with the tag's preprocessing and activation
+# (`quick_gelu`), exactly as open_clip would set them for the tag.
+
+# %%
+#| export
+@contextmanager
+def _hub_offline():
+    "Within the block the Hugging Face hub answers from its cache only (no request leaves the machine)."
+    try: import huggingface_hub.constants as c
+    except ImportError: yield; return
+    old = c.HF_HUB_OFFLINE; c.HF_HUB_OFFLINE = True
+    try: yield
+    finally: c.HF_HUB_OFFLINE = old
+
+def _tag_kwargs(name:str, tag:str, download:bool, cache_dir=None)->dict:
+    "open_clip's `pretrained` (and preprocessing) arguments for a tag, a local file, or None; refused when the weights are not here."
+    oc = import_open_clip()
+    cfg = oc.pretrained.get_pretrained_cfg(name, tag)
+    if not cfg:
+        if Path(tag).expanduser().is_file(): return dict(pretrained=str(Path(tag).expanduser()))
+        raise ValueError(f"pretrained {tag!r} is neither a pretrained tag of {name} ({', '.join(oc.list_pretrained_tags_by_model(name)) or 'none'}) "
+                         f"nor a checkpoint file")
+    if download: return dict(pretrained=tag, cache_dir=cache_dir)
+    f, kind, looked = pretrained_file(name, tag, cache_dir)
+    if kind == 'hf': return dict(pretrained=tag, cache_dir=cache_dir)
+    if kind == 'url': return dict(pretrained=f, force_quick_gelu=bool(cfg.get('quick_gelu', False)), image_mean=cfg.get('mean'),
+                                  image_std=cfg.get('std'), image_interpolation=cfg.get('interpolation'), image_resize_mode=cfg.get('resize_mode'))
+    raise FileNotFoundError(f"the weights of {name} (pretrained={tag!r}) are not on this machine, and nothing is downloaded unless asked. "
+                            f"Looked in: {'; '.join(looked)}. Put the file there, set pretrained to a local checkpoint file, "
+                            f"or pass download=True to let open_clip fetch it")
+
+def _open_clip_backbone(name, pretrained, device, seed, download=False, cache_dir=None)->Backbone:
+    "An open_clip architecture, random (seeded) or with the given pretrained weights (found on this machine unless `download`)."
     oc = import_open_clip()
     if name not in oc.list_models(): raise ValueError(
         f"unknown backbone {name!r}: neither registered ({sorted(BACKBONES)}) nor an open_clip architecture "
         f"(e.g. ViT-B-32, ViT-L-14; open_clip.list_models() lists {len(oc.list_models())})")
+    kw = _tag_kwargs(name, pretrained, download, cache_dir) if pretrained else dict(pretrained=None)
     flt, root = _Quiet(), logging.getLogger()
     root.addFilter(flt)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), (nullcontext() if download else _hub_offline()):
             torch.manual_seed(seed)
-            model, _, preprocess = oc.create_model_and_transforms(name, pretrained=pretrained or None, device=device)
+            model, _, preprocess = oc.create_model_and_transforms(name, device=device, **{k: v for k,v in kw.items() if v is not None})
     finally: root.removeFilter(flt)
     return Backbone(model.eval(), oc.get_tokenizer(name), preprocess, name, pretrained or None, device)
 
@@ -115,15 +183,17 @@ def load_backbone(name:str|None=None, # open_clip architecture, registered name 
                   pretrained:str|None=None, # open_clip pretrained tag or local checkpoint; None or '' = random weights
                   device:str='auto', # torch device; auto = a GPU when there is one
                   seed:int=0, # seed of the random weights (pretrained=None)
+                  download:bool=False, # let open_clip download a pretrained tag's weights that are not on this machine
+                  cache_dir:str|Path|None=None, # open_clip's weights cache (default: its own, ~/.cache/clip, and the Hugging Face cache)
                  )->Backbone:
-    "Load a CLIP backbone for personalization, in eval mode and fp32."
+    "Load a CLIP backbone for personalization, in eval mode and fp32; nothing is downloaded unless `download`."
     if name is None:
         s = get_settings(); name, pretrained = s.backbone, pretrained or s.pretrained or None
         if device == 'auto': device = s.device
     device = resolve_device(device)
     if name in BACKBONES: return BACKBONES[name](pretrained, device, seed)
     if str(name).endswith('.safetensors'): return load_safetensors_backbone(name, device=device)
-    return _open_clip_backbone(name, pretrained, device, seed)
+    return _open_clip_backbone(name, pretrained, device, seed, download, None if cache_dir is None else str(cache_dir))
 
 
 # %%
@@ -140,6 +210,38 @@ bb
 bb2 = load_backbone('ViT-B-32', device='cpu')
 test_eq(torch.equal(bb2.model.text_projection, bb.model.text_projection), True)
 test_fail(lambda: load_backbone('ViT-Q-99', device='cpu'), contains='unknown backbone')
+
+# %% [markdown]
+# A pretrained tag whose weights are not on this machine fails at once, saying where it looked; an
+# unknown tag is named with the tags there are:
+
+# %%
+import time, tempfile
+t0 = time.time()
+with tempfile.TemporaryDirectory() as d:  # an empty cache: the weights are not here
+    test_eq(pretrained_file('ViT-B-32', 'openai', cache_dir=d)[:2], (None, None))
+    test_fail(lambda: load_backbone('ViT-B-32', pretrained='openai', device='cpu', cache_dir=d), contains='not on this machine')
+    try: load_backbone('ViT-B-32', pretrained='openai', device='cpu', cache_dir=d)
+    except FileNotFoundError as e: print(str(e).replace(d, '<cache>'))
+assert time.time() - t0 < 20, 'no download was attempted'
+test_fail(lambda: load_backbone('ViT-B-32', pretrained='openia', device='cpu'), contains="neither a pretrained tag of ViT-B-32")
+
+# %% [markdown]
+# A file in open_clip's own cache is found and loaded as the tag's weights, with the tag's
+# preprocessing and activation. Here a random ViT-B-32's weights stand in for OpenAI's file:
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    ref = load_backbone('ViT-B-32', device='cpu', seed=3)
+    torch.save(ref.model.state_dict(), Path(d)/'ViT-B-32.pt')
+    f, kind, _ = pretrained_file('ViT-B-32', 'openai', cache_dir=d)
+    test_eq((Path(f).name, kind), ('ViT-B-32.pt', 'url'))
+    got = load_backbone('ViT-B-32', pretrained='openai', device='cpu', cache_dir=d)
+test_eq(got.pretrained, 'openai')
+assert torch.equal(got.model.text_projection, ref.model.text_projection)
+test_eq(type(got.model.transformer.resblocks[0].mlp.gelu).__name__, 'QuickGELU')  # as open_clip sets it for the openai tag
+test_eq(type(ref.model.transformer.resblocks[0].mlp.gelu).__name__, 'GELU')
+del ref, got
 
 
 # %% [markdown]
@@ -169,11 +271,21 @@ def save_safetensors(tensors:dict, # name -> tensor
     n = int.from_bytes(b[:8], 'little')
     h = json.dumps(json.loads(b[8:8+n]), sort_keys=True, separators=(',', ':'), ensure_ascii=False).encode()
     h += b' ' * (-len(h) % 8)  # the data that follows stays 8-byte aligned
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True); tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    return atomic_write(path, len(h).to_bytes(8, 'little') + h + b[8+n:])
+
+def atomic_write(path:str|Path, # the file to write
+                 data:bytes|Callable, # its bytes, or f(binary file) that writes them
+                )->Path:
+    "Write `path` complete or not at all: into a temporary file of its own (unique per writer, thread or process) moved into place."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
-        with open(tmp, 'wb') as fh: fh.write(len(h).to_bytes(8, 'little') + h + b[8+n:])
+        with os.fdopen(fd, 'wb') as fh:
+            if callable(data): data(fh)
+            else: fh.write(data)
         os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
+    finally:
+        if os.path.exists(tmp): os.unlink(tmp)
     return path
 
 
@@ -249,7 +361,7 @@ def load_safetensors_backbone(path:str|Path, # a file written by `save_safetenso
     v, t = cfg['vision_cfg'], cfg['text_cfg']
     pre = oc.image_transform(v['image_size'], is_train=False)
     tok = oc.tokenizer.SimpleTokenizer(context_length=t.get('context_length', 77))
-    return Backbone(model.to(device).eval(), tok, pre, name or meta['name'], str(path), device, json.loads(meta['defaults']))
+    return Backbone(model.to(device).eval(), tok, pre, name or meta['name'], str(path), device, json.loads(meta['defaults']), tuned=True)
 
 
 # %% [markdown]
@@ -351,21 +463,73 @@ test_fail(lambda: token_id(bb, ''), contains='not one')
 
 # %%
 #| export
-def fingerprint(weights:torch.nn.Module|dict, # a module, or a state dict
-               )->str:
-    "A short hash of a module's weights, or of a state dict (names, shapes and a strided sample of every tensor)."
-    h = hashlib.blake2b(digest_size=16)
-    for k,v in (weights.state_dict() if isinstance(weights, torch.nn.Module) else weights).items():
-        flat = v.detach().reshape(-1)
-        sample = flat[::max(1, flat.numel()//4096)].float().cpu().numpy()
-        h.update(f'{k}{tuple(v.shape)}'.encode()); h.update(sample.tobytes())
+def _tensor_bytes(t:torch.Tensor)->bytes:
+    "The raw bytes of a tensor's values (any dtype), in row-major order."
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b''
+
+def content_hash(obj, # None, bool, int, float, str, bytes, Path, tensor, array, or lists / tuples / dicts of them
+                 digest_size:int=16)->str:
+    "A hash of `obj`'s full content: tensors and arrays by dtype, shape and every byte; anything else it cannot hash exactly is a TypeError."
+    h = hashlib.blake2b(digest_size=digest_size)
+    def feed(o):
+        if isinstance(o, torch.Tensor): h.update(f'T{o.dtype}{tuple(o.shape)}'.encode()); h.update(_tensor_bytes(o))
+        elif isinstance(o, np.ndarray): feed(torch.from_numpy(np.ascontiguousarray(o)))
+        elif isinstance(o, np.generic): feed(o.item())
+        elif o is None or isinstance(o, (bool, int, float, str)): h.update(f'{type(o).__name__}:{o!r};'.encode())
+        elif isinstance(o, bytes): h.update(b'B%d:' % len(o) + o)
+        elif isinstance(o, Path): feed(str(o))
+        elif isinstance(o, (list, tuple)):
+            h.update(f'L{len(o)}['.encode())
+            for x in o: feed(x)
+            h.update(b']')
+        elif isinstance(o, dict):
+            h.update(f'D{len(o)}{{'.encode())
+            for k in sorted(o, key=repr): feed(k); feed(o[k])
+            h.update(b'}')
+        else: raise TypeError(f"content_hash cannot hash a {type(o).__name__} exactly ({o!r:.60}): give tensors, arrays, numbers, strings or containers of them")
+    feed(obj)
     return h.hexdigest()
 
+
+# %% [markdown]
+# Every cache key in the package is a `content_hash` of everything the entry depends on. Tensors
+# are hashed by every byte: two tensors that differ in one element deep inside have different
+# keys (`str()` of a large tensor is abbreviated, so it is never used for a key), and a value the
+# hash cannot take exactly is refused rather than turned into text.
+
+# %%
+A = torch.zeros(2000, 8); B = A.clone(); B[1000, 3] = 1e-6
+assert str(A) == str(B) and content_hash(A) != content_hash(B)  # str() hides the change; the hash does not
+test_eq(content_hash(dict(a=1, b=[A, 'x'])), content_hash(dict(b=[A.clone(), 'x'], a=1)))  # order of keys does not matter
+assert content_hash(A) != content_hash(A.double()) and content_hash(1) != content_hash(1.0) and content_hash('1') != content_hash(1)
+test_eq(content_hash(np.ones(3, np.float32)), content_hash(torch.ones(3)))
+test_fail(lambda: content_hash(dict(f=object())), contains='cannot hash a object')
+
+# %%
+#| export
+_FINGERPRINTS = weakref.WeakKeyDictionary()  # module -> (state of its tensors, fingerprint)
+
+def _tensor_state(m:torch.nn.Module)->tuple:
+    "Identity and in-place version of every tensor of `m`: changes whenever a weight is replaced or modified."
+    return tuple((k, id(v), v._version, v.data_ptr()) for k,v in m.state_dict(keep_vars=True).items())
+
+def fingerprint(weights:torch.nn.Module|dict, # a module, or a state dict
+               )->str:
+    "A hash of a module's weights, or of a state dict: names, dtypes, shapes and every byte of every tensor (memoised per module)."
+    if not isinstance(weights, torch.nn.Module): return content_hash({k: v for k,v in weights.items()})
+    st = _tensor_state(weights)
+    if (hit := _FINGERPRINTS.get(weights)) and hit[0] == st: return hit[1]
+    fp = content_hash(dict(weights.state_dict()))
+    _FINGERPRINTS[weights] = (st, fp)
+    return fp
+
 def _cache_folder(bb:Backbone, cache)->Path|None:
-    "The feature cache folder of `bb` (None when caching is off)."
+    "The feature cache folder of `bb` (None when caching is off): its name, image tower's weights and preprocessing."
     if cache is False or cache is None: return None
     root = get_settings().cache_dir if cache is True else Path(cache)
-    return root/'image_features'/f"{re.sub(r'[^A-Za-z0-9_.-]', '_', bb.name)}-{fingerprint(bb.model.visual)}"
+    key = content_hash([fingerprint(bb.model.visual), repr(bb.preprocess)])
+    return root/'image_features'/f"{re.sub(r'[^A-Za-z0-9_.-]', '_', bb.name)}-{key}"
 
 
 # %%
@@ -373,40 +537,56 @@ test_eq(fingerprint(bb.model.visual), fingerprint(bb2.model.visual))  # same see
 with torch.no_grad(): bb2.model.visual.proj.mul_(2)
 assert fingerprint(bb.model.visual) != fingerprint(bb2.model.visual)
 test_eq(fingerprint(bb2.model.visual.state_dict()), fingerprint(bb2.model.visual))  # a state dict: the same hash
+f0 = fingerprint(bb2.model.visual)
+with torch.no_grad(): bb2.model.visual.transformer.resblocks[5].mlp.c_fc.weight[1000, 100] += 1e-4  # one element a sample would skip
+assert fingerprint(bb2.model.visual) != f0
 del bb2
 _cache_folder(bb, True).parts[-3:]
 
 
 # %%
 #| export
-def _read(item)->tuple[str, Image.Image|bytes]:
-    "The content hash of an image path or PIL image, and its content."
-    if isinstance(item, Image.Image):
-        h = hashlib.blake2b(f'{item.mode}{item.size}'.encode() + item.tobytes(), digest_size=16).hexdigest()
-        return h, item
-    data = Path(item).read_bytes()
-    return hashlib.blake2b(data, digest_size=16).hexdigest(), data
-
-def _decode(item, content)->Image.Image:
-    "A PIL RGB image from `content`, naming the file when it is not a readable image."
-    if isinstance(content, Image.Image): return content.convert('RGB')
+def _key(item)->str:
+    "The content hash of an image path (its bytes, read in chunks) or of a PIL image (mode, size, pixels)."
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(item, Image.Image): h.update(f'{item.mode}{item.size}'.encode() + item.tobytes()); return h.hexdigest()
     try:
-        im = Image.open(io.BytesIO(content)); im.load()
-        return im.convert('RGB')
+        with open(item, 'rb') as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b''): h.update(chunk)
+    except OSError as e: raise FileNotFoundError(f"cannot read image {item}: {e.strerror or e}") from e
+    return h.hexdigest()
+
+def _decode(item)->Image.Image:
+    "A PIL RGB image of an image path or PIL image, naming the file when it is not a readable image."
+    if isinstance(item, Image.Image): return item.convert('RGB')
+    try:
+        with Image.open(item) as im: im.load(); return im.convert('RGB')
     except Exception as e: raise ValueError(f"cannot read image {item}: {type(e).__name__}: {e}") from e
+
+def _load_cached(f:Path, dim:int)->np.ndarray|None:
+    "The feature cached in `f`, or None (with a warning naming it) when it is unreadable or not a unit vector of `dim` floats."
+    try: v = np.load(f, allow_pickle=False)
+    except Exception as e: why = f"unreadable ({type(e).__name__}: {e})"
+    else:
+        if v.shape != (dim,) or v.dtype != np.float32: why = f"holds a {v.dtype} array of shape {v.shape}, not {dim} float32 values"
+        elif not np.isfinite(v).all(): why = "holds NaN or inf"
+        elif abs(float(np.linalg.norm(v)) - 1) > 1e-3: why = f"holds a vector of norm {np.linalg.norm(v):.4g}, not a unit vector"
+        else: return v
+    warnings.warn(f"cached image feature {f} {why}: computing it again")
+    return None
 
 
 # %%
 #| export
 @torch.no_grad()
-def _encode_images(bb:Backbone, items:list, contents:list)->np.ndarray:
-    "Normalised features of one batch of images."
-    x = torch.stack([bb.preprocess(_decode(i, c)) for i,c in zip(items, contents)]).to(bb.device)
+def _encode_images(bb:Backbone, ims:list)->np.ndarray:
+    "Normalised features of one batch of decoded images."
+    x = torch.stack([bb.preprocess(im) for im in ims]).to(bb.device)
     return F.normalize(bb.model.encode_image(x).float(), dim=-1).cpu().numpy()
 
 def image_features(bb:Backbone, # the backbone whose image tower encodes
                    images:list, # image paths and/or PIL images
-                   batch_size:int=64, # images per forward pass
+                   batch_size:int=64, # images per forward pass (and files held in memory at once)
                    cache:bool|str|Path=True, # True: settings' cache_dir; a folder; False: no cache
                    progress:bool|None=None, # tqdm bar; None: only when more than one batch is encoded
                   )->torch.Tensor:
@@ -414,27 +594,29 @@ def image_features(bb:Backbone, # the backbone whose image tower encodes
     images = [images] if isinstance(images, (str, Path, Image.Image)) else list(images)
     folder = _cache_folder(bb, cache)
     out = np.zeros((len(images), bb.embed_dim), dtype=np.float32)
-    todo = []  # (index, key, content) of images not in the cache
+    todo = []  # (index, key) of images not in the cache
     for i,item in enumerate(images):
-        key, content = _read(item)
-        f = folder/f'{key}.npy' if folder else None
-        if f is not None and f.is_file(): out[i] = np.load(f)
-        else: todo.append((i, key, content))
-    batches = [todo[s:s+batch_size] for s in range(0, len(todo), batch_size)]
+        key = _key(item)
+        v = _load_cached(f, bb.embed_dim) if folder and (f := folder/f'{key}.npy').is_file() else None
+        if v is None: todo.append((i, key))
+        else: out[i] = v
+    batches, bad = [todo[s:s+batch_size] for s in range(0, len(todo), batch_size)], []
     show = len(batches) > 1 if progress is None else progress
     for b in tqdm(batches, desc=f'image features ({bb.name})', disable=not show):
-        feats = _encode_images(bb, [images[i] for i,_,_ in b], [c for _,_,c in b])
-        for (i,key,_),v in zip(b, feats):
+        ims = []
+        for i,key in b:
+            try: ims.append((i, key, _decode(images[i])))
+            except ValueError as e: bad.append(str(e))
+        if not ims: continue
+        for (i,key,_),v in zip(ims, _encode_images(bb, [im for _,_,im in ims])):
             out[i] = v
             if folder: _save_npy(folder/f'{key}.npy', v)
+    if bad: raise ValueError(f"{len(bad)} of {len(images)} image(s) cannot be read (the others are encoded{' and cached' if folder else ''}):\n" + '\n'.join(bad))
     return torch.from_numpy(out)
 
 def _save_npy(path:Path, v:np.ndarray):
     "Write one cached feature atomically."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f'.{os.getpid()}.tmp')
-    with open(tmp, 'wb') as fh: np.save(fh, v)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: np.save(fh, v))
 
 
 # %% [markdown]
@@ -454,9 +636,46 @@ with tempfile.TemporaryDirectory() as d:
     test_close(image_features(bb, [d/'a.png'], cache=False)[0], X[0], eps=1e-5)  # a file, no cache
     (d/'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
     test_fail(lambda: image_features(bb, [d/'a.png', d/'broken.jpg'], cache=False), contains='broken.jpg')
-    try: image_features(bb, [d/'broken.jpg'], cache=False)
-    except ValueError as e: print(str(e).replace(str(d), "<folder>"))
+    (d/'empty.png').write_bytes(b'')
+    try: image_features(bb, [d/'broken.jpg', d/'a.png', d/'empty.png'], cache=d/'cache')  # every bad file is named
+    except ValueError as e: msg = str(e); print(msg.replace(str(d), "<folder>"))
+    assert 'broken.jpg' in msg and 'empty.png' in msg and msg.startswith('2 of 3')
+    test_fail(lambda: image_features(bb, [d/'missing.png'], cache=False), contains='missing.png')
 X[:, :4]
+
+# %% [markdown]
+# What is read from the cache is checked: a cached file that is truncated, or holds something
+# other than a unit vector of the backbone's width (zeros, NaN, another shape), is named in a
+# warning and computed again.
+
+# %%
+import warnings
+with tempfile.TemporaryDirectory() as d:
+    X = image_features(bb, pics, cache=Path(d))
+    fs = {f.stem: f for f in Path(d).rglob('*.npy')}
+    f0, f1, f2 = (fs[_key(p)] for p in pics)
+    f0.write_bytes(f0.read_bytes()[:40])                     # truncated
+    np.save(f1, np.zeros(512, np.float32))                   # zeros
+    np.save(f2, np.ones(7, np.float32))                      # another shape
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        Y = image_features(bb, pics, cache=Path(d))
+    test_close(Y, X, eps=1e-5)
+    said = ' '.join(str(x.message) for x in w)
+    for f,why in ((f0, 'unreadable'), (f1, 'norm 0'), (f2, 'shape (7,)')): assert str(f) in said and why in said, why
+    assert all(_load_cached(f, 512) is not None for f in (f0, f1, f2))  # rewritten, valid now
+    print(str(w[1].message).replace(d, '<cache>'))
+
+# %% [markdown]
+# Writers never share a temporary file: threads encoding into one cache at once each write their
+# own and move it into place.
+
+# %%
+from concurrent.futures import ThreadPoolExecutor
+with tempfile.TemporaryDirectory() as d:
+    with ThreadPoolExecutor(4) as ex: outs = list(ex.map(lambda _: image_features(bb, pics, cache=Path(d)), range(4)))
+    for o in outs: test_close(o, outs[0], eps=1e-6)
+    test_eq(sorted(p.suffix for p in Path(d).rglob('*') if p.is_file()), ['.npy']*3)  # no temporary file left
 
 # %%
 #| hide

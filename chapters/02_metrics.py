@@ -22,10 +22,13 @@
 # the paper show them ×100.
 #
 # **Ties.** The benchmark's code ranks with `torch.argsort`, whose order among equal scores is not
-# specified. Here a positive tied with non-positives is ranked *after* them (and tied positives in
-# index order), so a method cannot gain from ties: a constant score gets the worst possible metrics
-# rather than whatever the pool order gives. Real-valued scores of real embeddings essentially
-# never tie, and then every tie rule gives the same numbers.
+# specified. By default (`ties='pessimistic'`) a positive tied with non-positives is ranked *after*
+# them (and tied positives in index order), so a method cannot gain from ties: a constant score
+# gets the worst possible metrics rather than whatever the pool order gives. Two other conventions
+# are offered: `'optimistic'` (tied positives first, the best the scores allow) and `'index'`
+# (ties in pool order, as a stable sort or faiss returns them). Real-valued scores of real
+# embeddings rarely tie, and then every rule gives the same numbers; duplicated photos do tie
+# (the end of this chapter measures what each rule gives then).
 
 # %%
 #| default_exp metrics
@@ -51,16 +54,21 @@ def _array(x)->np.ndarray:
     if hasattr(x, 'detach'): x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=float)
 
+TIES = ('pessimistic', 'optimistic', 'index')
+
 def positive_ranks(scores, # one score per candidate (list, numpy array or torch tensor)
                    positives, # indices of the positives among the candidates
+                   ties:str='pessimistic', # tied scores: positives after non-positives, before them ('optimistic'), or in index order
                   )->np.ndarray:
     "The 1-based ranks of `positives` when candidates are sorted by descending score, in increasing order."
+    if ties not in TIES: raise ValueError(f"ties must be one of {list(TIES)}, not {ties!r}")
     s, pos = _array(scores), np.unique(np.asarray(positives, dtype=int))
     if s.ndim != 1 or not np.isfinite(s).all(): raise ValueError(f"scores must be a 1-d array of finite numbers, not {s.shape}")
     n = len(s)
     if len(pos) and (pos[0] < 0 or pos[-1] >= n): raise ValueError(f"positives {pos.tolist()} are not all in 0..{n-1}")
     is_pos = np.zeros(n, bool); is_pos[pos] = True
-    order = np.lexsort((np.arange(n), is_pos, -s))  # by score, then non-positives first, then index
+    keys = dict(pessimistic=(np.arange(n), is_pos, -s), optimistic=(np.arange(n), ~is_pos, -s), index=(np.arange(n), -s))[ties]
+    order = np.lexsort(keys)  # by score, then (pessimistic) non-positives or (optimistic) positives first, then index
     rank = np.empty(n, int); rank[order] = np.arange(1, n+1)
     return np.sort(rank[pos])
 
@@ -71,6 +79,10 @@ test_eq(positive_ranks([0.5, 0.5, 0.5, 0.5], [0, 2]), [3, 4])  # ties: positives
 test_eq(positive_ranks([0.1, 0.9, 0.8], [1, 1]), [1])  # a positive listed twice counts once
 test_fail(lambda: positive_ranks([0.1, 0.2], [2]), contains='not all in 0..1')
 test_fail(lambda: positive_ranks([0.1, float('nan')], [0]), contains='finite')
+test_eq(positive_ranks([0.5, 0.5, 0.5, 0.5], [0, 2], ties='optimistic'), [1, 2])
+test_eq(positive_ranks([0.5, 0.5, 0.5, 0.5], [0, 2], ties='index'), [1, 3])
+test_eq([positive_ranks([0.9, 0.8, 0.7], [1], ties=t).tolist() for t in TIES], [[2]]*3)  # no tie: every rule agrees
+test_fail(lambda: positive_ranks([0.1], [0], ties='random'), contains='ties must be one of')
 
 
 # %% [markdown]
@@ -83,9 +95,10 @@ def retrieval_metrics(scores, # one score per candidate (list, numpy array or to
                       positives, # indices of the positives among the candidates
                       ks=(1, 5, 10), # cut-offs for recall@k
                       map_ks=(), # cut-offs for mAP@k (none by default)
+                      ties:str='pessimistic', # see `positive_ranks`
                      )->dict:
     "mrr, map, r@k (and map@k) of one query, as fractions."
-    r = positive_ranks(scores, positives).astype(float)
+    r = positive_ranks(scores, positives, ties).astype(float)
     if not len(r): return dict.fromkeys(['mrr', 'map', *(f'r@{k}' for k in ks), *(f'map@{k}' for k in map_ks)], np.nan)
     prec = np.arange(1, len(r)+1)/r  # precision at each positive
     return dict(mrr=float(1/r[0]), map=float(prec.mean()), **{f'r@{k}': float(r[0] <= k) for k in ks},
@@ -130,6 +143,7 @@ def metrics_table(scores, # (queries × pool) scores: numpy array or torch tenso
                   queries, # one per row of `scores`: `Query`s, or lists of positive pool indices
                   ks=(1, 5, 10), # cut-offs for recall@k
                   map_ks=(), # cut-offs for mAP@k
+                  ties:str='pessimistic', # see `positive_ranks`
                  )->pd.DataFrame:
     "One row per query: its text and concepts (for `Query`s), candidates, positives, best rank and metrics."
     S = _array(scores)
@@ -137,9 +151,9 @@ def metrics_table(scores, # (queries × pool) scores: numpy array or torch tenso
     rows = []
     for s, q in zip(S, queries):
         s, pos = _ranked(s, q)
-        r = positive_ranks(s, pos)
+        r = positive_ranks(s, pos, ties)
         rows.append(dict(**(dict(text=q.text, concepts=q.concepts) if hasattr(q, 'text') else {}), candidates=len(s),
-                         positives=len(r), best_rank=int(r[0]) if len(r) else None, **retrieval_metrics(s, pos, ks, map_ks)))
+                         positives=len(r), best_rank=int(r[0]) if len(r) else None, **retrieval_metrics(s, pos, ks, map_ks, ties)))
     return pd.DataFrame(rows)
 
 
@@ -260,6 +274,31 @@ for _ in range(300):
     over = max(over, float(retrieval_metrics(s, pos)['map'] - average_precision_score(y, s)))
 assert over <= 1e-12
 over
+
+# %% [markdown]
+# ## Ties on duplicated photos
+#
+# A pool that holds the same photo twice gives the two copies the same score for every query.
+# Below, a pool of 200 random unit features in which 40 photos are each copied once (240
+# candidates); each query is a noisy view of one original, whose positive is that original only
+# (its copy is a distractor it ties with exactly). The three rules then differ by as much as the
+# copies can move a positive: the pessimistic rule charges every tie to the method, the optimistic
+# one credits it, and index order lands wherever the copy happens to sit.
+
+# %%
+rng = np.random.default_rng(1)
+X = rng.normal(size=(200, 32)); X /= np.linalg.norm(X, axis=1, keepdims=True)
+dup = rng.choice(200, 40, replace=False)
+pool = np.concatenate([X, X[dup]])  # copies at the end of the pool
+Q = X[dup] + 0.6 * rng.normal(size=(40, 32)) / np.sqrt(32)
+S = Q @ pool.T
+tie_table = pd.DataFrame({t: mean_metrics(metrics_table(S, [[int(j)] for j in dup], ties=t)).iloc[0] for t in TIES}).T
+tie_table
+
+# %%
+test_eq(tie_table.loc['optimistic', 'mrr'] >= tie_table.loc['index', 'mrr'] >= tie_table.loc['pessimistic', 'mrr'], True)
+assert tie_table.loc['optimistic', 'mrr'] > tie_table.loc['pessimistic', 'mrr']  # the copies cost the pessimistic rule
+test_eq(tie_table.loc['index', 'mrr'], tie_table.loc['optimistic', 'mrr'])  # the originals come first in the pool here
 
 # %%
 #| hide

@@ -31,14 +31,14 @@ from fastcore.test import test_eq, test_close, test_fail
 
 # %%
 #| export
-import hashlib, json, os, re
+import hashlib, json, os, re, warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from polar_nb.clip import Backbone, image_features, tokenize, token_id, fingerprint, save_safetensors
+from polar_nb.clip import Backbone, image_features, tokenize, token_id, fingerprint, save_safetensors, content_hash
 from polar_nb.config import get_settings
 from polar_nb.data import Query
 from polar_nb.metrics import metrics_table, metric_columns
@@ -121,26 +121,46 @@ class ConceptSet:
     feats:dict  # concept -> [n, embed_dim] normalised support features
     descriptions:dict  # concept -> {'coarse', ...}
     hashes:dict  # concept -> content hashes of its support files
+    available:dict|None = None  # concept -> how many support images it has (when fewer were drawn)
     @property
     def ids(self)->list: return list(self.feats)
     def subset(self, ids:list)->'ConceptSet':
         "The same, for the concepts `ids` only."
-        return ConceptSet(self.benchmark, *({c: d[c] for c in ids} for d in (self.feats, self.descriptions, self.hashes)))
+        return ConceptSet(self.benchmark, *({c: d[c] for c in ids} for d in (self.feats, self.descriptions, self.hashes)),
+                          None if self.available is None else {c: self.available[c] for c in ids})
 
 
 # %%
 #| export
+PAPER_SUPPORT = dict(deepfashion2=5)  # support images drawn at random per concept and run (the official DeepFashion2 script); else all
+
+def draw_support(paths:list, # a concept's support images, in the benchmark's order
+                 n:int|None, # how many to keep (None: all)
+                 seed:int=0, # the run's seed
+                 k:int=0, # the concept's position in the benchmark (each concept its own draw)
+                )->list:
+    "`n` of `paths` drawn at random without replacement (in their order), or all of them when there are no more than `n`."
+    if n is None or len(paths) <= n: return list(paths)
+    return [paths[i] for i in sorted(np.random.default_rng([seed, k]).choice(len(paths), n, replace=False))]
+
 def concept_set(bench, # a benchmark (`ConConChi`, `PerVLDeepFashion2`, ...)
                 bb:Backbone, # the backbone whose image tower encodes the support images
                 cache:bool|str|Path=True, # feature cache: True = settings' cache_dir, a folder, or False
+                n_support:int|str|None='paper', # support images per concept: 'paper' (5 on DeepFashion2, all on ConCon-Chi), None (all) or a number
+                seed:int=0, # seed of the draw of support images
                )->ConceptSet:
     "The `ConceptSet` of every concept of `bench`: support features (cached), descriptions, support hashes."
-    sup = {c: bench.support(c) for c in bench.concepts}
-    if empty := [c for c,p in sup.items() if not p]: raise ValueError(f"concept(s) {empty} of {bench.name} have no support image")
+    n = PAPER_SUPPORT.get(bench.name) if n_support == 'paper' else n_support
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise ValueError(f"n_support must be 'paper', None or a number of images ≥ 1, not {n_support!r}")
+    full = {c: bench.support(c) for c in bench.concepts}
+    if empty := [c for c,p in full.items() if not p]: raise ValueError(f"concept(s) {empty} of {bench.name} have no support image")
+    sup = {c: draw_support(ps, n, seed, k) for k,(c,ps) in enumerate(full.items())}
     X = image_features(bb, [p for ps in sup.values() for p in ps], cache=cache, progress=False)
     ends = np.cumsum([0, *map(len, sup.values())])
     return ConceptSet(bench.name, {c: X[a:b] for c,a,b in zip(sup, ends, ends[1:])},
-                      {c: bench.descriptions(c) for c in sup}, {c: [file_hash(p) for p in ps] for c,ps in sup.items()})
+                      {c: bench.descriptions(c) for c in sup}, {c: [file_hash(p) for p in ps] for c,ps in sup.items()},
+                      {c: len(ps) for c,ps in full.items()})
 
 
 # %%
@@ -150,6 +170,11 @@ test_eq({len(v) for v in cs.feats.values()}, {5})
 test_close(cs.feats[0].norm(dim=-1), torch.ones(5), eps=1e-5)
 test_eq(cs.hashes[0][0], file_hash(bench.support(0)[0]))
 test_eq(cs.subset([3, 7]).ids, [3, 7])
+test_eq(draw_support(list('abcdefg'), 3, seed=0), draw_support(list('abcdefg'), 3, seed=0))  # a draw is reproducible
+assert draw_support(list('abcdefghij'), 3, seed=0) != draw_support(list('abcdefghij'), 3, seed=1)
+test_eq(draw_support(list('abc'), 5), list('abc'))  # fewer than asked: all of them
+test_eq({len(v) for v in concept_set(bench, bb, cache, n_support=2).feats.values()}, {2})
+test_fail(lambda: concept_set(bench, bb, cache, n_support=0), contains='n_support')
 cs.descriptions[0]
 
 
@@ -166,10 +191,21 @@ cs.descriptions[0]
 class Method:
     "A retrieval method: `fit` learns what it needs per concept, `embed` turns queries with `*`s into embeddings."
     name = 'method'
+    def settings(self)->dict: return {}
     def fit(self, bb:Backbone, cs:ConceptSet, cache:bool|str|Path=True, progress:bool=False): return self
     def embed(self, bb:Backbone, queries:list[Query], cs:ConceptSet)->torch.Tensor: raise NotImplementedError
     def text_updates(self, c)->list: return []
     def __repr__(self): return f'{type(self).__name__}({self.name!r})'
+
+def _named(base:str, changed:dict)->str:
+    "`base`, followed by the settings that differ from the defaults: 'POLAR (iters=5, lam=0.1)'."
+    short = lambda v: f'{v:g}' if isinstance(v, float) else f'tensor{list(v.shape)}' if isinstance(v, torch.Tensor) else str(v)
+    return base + (' (' + ', '.join(f'{k}={short(v)}' for k,v in changed.items()) + ')' if changed else '')
+
+def settings_text(m:Method)->str:
+    "A method's settings as one line of JSON (tensors by shape and content hash), for tables."
+    f = lambda v: f'tensor{list(v.shape)}#{content_hash(v)[:8]}' if isinstance(v, (torch.Tensor, np.ndarray)) else v
+    return json.dumps({k: f(v) for k,v in m.settings().items()}, sort_keys=True, default=str)
 
 def _description(cs:ConceptSet, c, kind:str)->str:
     "Concept `c`'s description `kind`, or a KeyError naming what there is."
@@ -189,7 +225,9 @@ def _description(cs:ConceptSet, c, kind:str)->str:
 #| export
 class TextOnly(Method):
     "Each `*` becomes the concept's description: coarse (class name), discriminative or rich."
-    def __init__(self, description:str='coarse'): self.description, self.name = description, f'text ({description})'
+    def __init__(self, description:str='coarse', name:str|None=None):
+        self.description, self.name = description, name or f'text ({description})'
+    def settings(self): return dict(description=self.description)
     def texts(self, queries:list[Query], cs:ConceptSet)->list[str]:
         "The queries with their `*`s filled."
         return [fill(q.text, [_description(cs, c, self.description) for c in q.concepts]) for q in queries]
@@ -233,6 +271,7 @@ def support_mean(cs:ConceptSet, # the concepts' support features
 class ImageOnly(Method):
     "The query's words are ignored: its concepts' mean support image feature."
     name = 'image'
+    def __init__(self, name:str|None=None): self.name = name or 'image'
     def embed(self, bb, queries, cs):
         return torch.stack([support_mean(cs, q.concepts) for q in queries]) if queries else torch.zeros(0, bb.embed_dim)
 
@@ -243,10 +282,12 @@ class AvgImText(Method):
     "α · mean support image feature + (1-α) · text with `*` → class name, normalised."
     def __init__(self, alpha:float=0.5, # weight of the image side
                  description:str='coarse', # the description that fills the `*`s of the text side
+                 name:str|None=None, # its name in tables (default: 'AvgIm+Text', with α when it is not 0.5)
                 ):
         if not 0 <= alpha <= 1: raise ValueError(f"alpha must be in [0, 1], not {alpha}")
         self.alpha, self.description = alpha, description
-        self.name = 'AvgIm+Text' if alpha == 0.5 else f'AvgIm+Text (α={alpha:g})'
+        self.name = name or ('AvgIm+Text' if alpha == 0.5 else f'AvgIm+Text (α={alpha:g})')
+    def settings(self): return dict(alpha=self.alpha, description=self.description)
     def embed(self, bb, queries, cs):
         img, txt = ImageOnly().embed(bb, queries, cs), TextOnly(self.description).embed(bb, queries, cs)
         return F.normalize(self.alpha*img + (1-self.alpha)*txt, dim=-1)
@@ -262,6 +303,7 @@ A = AvgImText().embed(bb, ctx, cs)
 test_close(A.norm(dim=-1), torch.ones(len(ctx)), eps=1e-5)
 test_close((A*I).sum(-1), (A*T).sum(-1), eps=1e-5)  # α = 0.5 blends two unit vectors into their bisector
 test_fail(lambda: AvgImText(1.5), contains='alpha')
+test_eq([AvgImText(a).name for a in (0.5, 0.25)], ['AvgIm+Text', 'AvgIm+Text (α=0.25)'])
 [AvgImText(a).name for a in (0.5, 0.25)]
 
 
@@ -277,6 +319,12 @@ test_fail(lambda: AvgImText(1.5), contains='alpha')
 
 # %%
 #| export
+def _cached(load, f:Path, what:str):
+    "What `load()` reads from cache file `f`, or None (with a warning naming it) when it is unusable: it is then made again."
+    try: return load()
+    except (ValueError, KeyError, OSError) as e:
+        warnings.warn(f"cached {what} {f} is unusable ({e}): computing it again"); return None
+
 def cache_root(cache:bool|str|Path)->Path|None:
     "The folder for learned per-concept parameters: `<cache_dir>/personal` (None when caching is off)."
     if cache is False or cache is None: return None
@@ -291,8 +339,8 @@ def concept_file(root:Path, # `cache_root(...)`
                  hp:dict, # every hyper-parameter (JSON-serialisable)
                 )->Path:
     "The cache file of concept `c`'s learned parameters under `root`."
-    key = json.dumps(dict(backbone=bb.name, weights=weights, support=hashes, hp=hp), sort_keys=True, default=str)
-    return root/method/_safe(bb.name)/f'{_safe(c)}-{hashlib.blake2b(key.encode(), digest_size=12).hexdigest()}.safetensors'
+    key = content_hash(dict(backbone=bb.name, weights=weights, preprocess=repr(bb.preprocess), support=hashes, hp=hp), digest_size=12)
+    return root/method/_safe(bb.name)/f'{_safe(c)}-{key}.safetensors'
 
 
 # %%
@@ -301,6 +349,9 @@ f = concept_file(cache_root(cache), 'polar', bb, fp, 0, cs.hashes[0], dict(lam=0
 test_eq(f, concept_file(cache_root(cache), 'polar', bb, fp, 0, cs.hashes[0], dict(lam=0.1)))
 assert f != concept_file(cache_root(cache), 'polar', bb, fp, 0, cs.hashes[0], dict(lam=0.2))
 assert f != concept_file(cache_root(cache), 'polar', bb, fp, 0, cs.hashes[1], dict(lam=0.1))
+N1 = torch.randn(1000, bb.embed_dim); N2 = N1.clone(); N2[500] += 1e-3  # differs in a middle row: str() shows the same text
+assert str(N1) == str(N2)
+assert concept_file(cache_root(cache), 'polar', bb, fp, 0, cs.hashes[0], dict(negatives=N1)) != concept_file(cache_root(cache), 'polar', bb, fp, 0, cs.hashes[0], dict(negatives=N2))
 test_eq(cache_root(False), None)
 f.relative_to(tmp)
 
@@ -333,6 +384,33 @@ test_eq(concept_word(None, cs, 0), 'sks')
 test_eq(concept_word(None, ConceptSet('deepfashion2', {}, {7: dict(coarse='skirt')}, {}), 7), 'sks skirt')
 test_eq(concept_prompts('sks skirt')[:2], ['A photo of sks skirt.', 'sks skirt is shown in this image.'])
 
+# %% [markdown]
+# POLAR's hyper-parameters depend on the benchmark (supplement §12 and the official scripts): on
+# ConCon-Chi λ = 0.35 and 500 iterations, on DeepFashion2 λ = 0.1 and 50 iterations with ViT-B/32 or
+# 200 with ViT-L/14 (other architectures take ViT-L/14's), all with Adam at lr 1e-3. These are the
+# defaults for open_clip backbones; a backbone that ships defaults tuned for it (`world-tiny`)
+# uses its own on every benchmark. Arguments given to `Polar` override both.
+
+# %%
+#| export
+PAPER_DEFAULTS = {'conconchi': {None: dict(lam=0.35, iters=500, lr=1e-3)},
+                  'deepfashion2': {'ViT-B-32': dict(lam=0.1, iters=50, lr=1e-3), None: dict(lam=0.1, iters=200, lr=1e-3)}}
+
+def polar_defaults(bb:Backbone, # the backbone
+                   benchmark:str|None=None, # the benchmark's name (conconchi, deepfashion2, ...); None: the backbone's own
+                  )->dict:
+    "POLAR's lam, iters and lr for `bb` on `benchmark`: the backbone's own when tuned for it, else the paper's for the benchmark and architecture."
+    if getattr(bb, 'tuned', False) or benchmark not in PAPER_DEFAULTS: return dict(bb.defaults)
+    t = PAPER_DEFAULTS[benchmark]
+    return dict(t.get(bb.name, t[None]))
+
+
+# %%
+test_eq(polar_defaults(bb, 'deepfashion2'), bb.defaults)  # world-tiny: its own, tuned defaults
+vit = replace(bb, name='ViT-B-32', tuned=False)  # stands for an open_clip ViT-B-32
+test_eq((polar_defaults(vit, 'deepfashion2'), polar_defaults(vit, 'conconchi')), (dict(lam=0.1, iters=50, lr=1e-3), dict(lam=0.35, iters=500, lr=1e-3)))
+test_eq(polar_defaults(replace(vit, name='ViT-L-14'), 'deepfashion2')['iters'], 200)
+
 
 # %%
 #| export
@@ -344,26 +422,31 @@ class Polar(Method):
                  word:str|None=None, # how a `*` is written (see `concept_word`)
                  templates:list[str]|None=None, # training templates with `*` (default: `TEMPLATES`)
                  combine:str='sum', # a query's k concepts' updates: 'sum' (the paper) or 'mean' (each ΔW times 1/k)
+                 name:str|None=None, # its name in tables (default: 'POLAR', or 'POLAR (mean of updates)')
                  **kw, # other arguments of `personalize`: rank, param, layer, seed, exact, optimizer, ...
                 ):
         if combine not in ('sum', 'mean'): raise ValueError(f"combine must be 'sum' or 'mean', not {combine!r}")
-        if combine == 'mean': self.name = 'POLAR (mean of updates)'
         self.hp, self.token, self.word, self.templates, self.combine = dict(lam=lam, iters=iters, lr=lr, **kw), token, word, templates, combine
+        self.name = name or ('POLAR (mean of updates)' if combine == 'mean' else 'POLAR')
         self.updates, self.words, self.counts = {}, {}, dict(trained=0, loaded=0)
 
-    def resolved(self, bb:Backbone)->dict:
-        "The hyper-parameters with the backbone's defaults filled in."
-        return {k: bb.defaults.get(k) if v is None and k in ('lam', 'iters', 'lr') else v for k,v in self.hp.items()}
+    def settings(self): return dict(self.hp, token=self.token, word=self.word, templates=self.templates, combine=self.combine)
+
+    def resolved(self, bb:Backbone, benchmark:str|None=None)->dict:
+        "The hyper-parameters with the defaults for `bb` on `benchmark` filled in (see `polar_defaults`)."
+        d = polar_defaults(bb, benchmark)
+        return {k: d.get(k) if v is None and k in ('lam', 'iters', 'lr') else v for k,v in self.hp.items()}
 
     def fit(self, bb, cs, cache=True, progress=False):
-        root, hp = cache_root(cache), self.resolved(bb)
+        root, hp = cache_root(cache), self.resolved(bb, cs.benchmark)
         weights = fingerprint(bb.model) if root else None
         self.updates, self.counts = {}, dict(trained=0, loaded=0)
         for c in tqdm(cs.ids, desc=f'{self.name} ({bb.name})', disable=not progress):
             self.words[c] = w = concept_word(self.word, cs, c, self.token)
             prompts = concept_prompts(w, self.templates)
             f = root and concept_file(root, 'polar', bb, weights, c, cs.hashes[c], dict(hp, token=self.token, prompts=prompts))
-            if f and f.is_file(): self.updates[c] = LowRankUpdate.load(f, bb); self.counts['loaded'] += 1; continue
+            if f and f.is_file() and (u := _cached(lambda: LowRankUpdate.load(f, bb), f, 'update')) is not None:
+                self.updates[c] = u; self.counts['loaded'] += 1; continue
             self.updates[c] = u = personalize(bb, cs.feats[c], prompts, token=self.token, **hp)
             if f: u.save(f)
             self.counts['trained'] += 1
@@ -392,12 +475,22 @@ class Polar(Method):
 
 # %%
 few = cs.subset([multi.concepts[0], multi.concepts[1], 5])
+test_eq(Polar(lam=0.2).resolved(replace(bb, name='ViT-B-32', tuned=False), 'deepfashion2'), dict(lam=0.2, iters=50, lr=1e-3))
 pol = Polar(iters=iters).fit(bb, few, cache)
 test_eq(pol.counts, dict(trained=3, loaded=0))
 again = Polar(iters=iters).fit(bb, few, cache)
 test_eq(again.counts, dict(trained=0, loaded=3))
 for c in few.ids: assert torch.equal(again.updates[c].B, pol.updates[c].B)
 test_eq(Polar(iters=iters, lam=bb.defaults['lam'] + 0.1).fit(bb, few, cache).counts['trained'], 3)  # other hyper-parameters: a new key
+cf = concept_file(cache_root(cache), 'polar', bb, fingerprint(bb.model), 5, few.hashes[5],
+                  dict(Polar(iters=iters).resolved(bb, few.benchmark), token='sks', prompts=concept_prompts(pol.words[5])))
+assert cf.is_file()
+raw = bytearray(cf.read_bytes()); raw[-2] ^= 0x01; cf.write_bytes(bytes(raw))  # a corrupted cache entry: named, then trained again
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter('always'); redo = Polar(iters=iters).fit(bb, few, cache)
+test_eq(redo.counts, dict(trained=1, loaded=2))
+assert any(str(cf) in str(x.message) and 'corrupt' in str(x.message) for x in w)
+assert torch.equal(redo.updates[5].B, pol.updates[5].B)
 pol.updates[5]
 
 # %% [markdown]
@@ -409,7 +502,7 @@ c1, c2 = multi.concepts
 E = pol.embed(bb, [multi], few)
 test_close(E[0], encode_text(bb, fill(multi.text, ['sks', 'sks']), [pol.updates[c1], pol.updates[c2]])[0], eps=1e-6)
 zero = Polar(); zero.words = {c: 'sks' for c in few.ids}
-zero.updates = {c: LowRankUpdate(u.A, torch.zeros_like(u.B), u.param, u.layer, u.token, u.backbone, u.width) for c,u in pol.updates.items()}
+zero.updates = {c: replace(u, B=torch.zeros_like(u.B)) for c,u in pol.updates.items()}
 test_close(zero.embed(bb, [multi], few), encode_text(bb, fill(multi.text, ['sks', 'sks'])), eps=1e-5)
 fill(multi.text, ['sks', 'sks']), multi.concepts
 
@@ -536,10 +629,14 @@ hist[0], hist[-1]
 def _save_vector(path:Path, v:torch.Tensor, meta:dict):
     save_safetensors(dict(vector=v), path, dict(format='polar-nb/token-vector-1', meta=json.dumps(meta)))
 
-def _load_vector(path:Path)->tuple[torch.Tensor, dict]:
+def _load_vector(path:Path, width:int)->tuple[torch.Tensor, dict]:
+    "A cached token vector and its settings, checked: the format, `width` finite values."
     from safetensors import safe_open
-    with safe_open(str(path), 'pt') as f: meta, v = f.metadata() or {}, f.get_tensor('vector')
+    try:
+        with safe_open(str(path), 'pt') as f: meta, v = f.metadata() or {}, f.get_tensor('vector')
+    except Exception as e: raise ValueError(f"{path} is not a safetensors file ({e})") from e
     if meta.get('format') != 'polar-nb/token-vector-1': raise ValueError(f"{path} is not a polar-nb token vector")
+    if v.shape != (width,) or not torch.isfinite(v).all(): raise ValueError(f"{path}: a vector of shape {tuple(v.shape)}, not {width} finite values")
     return v, json.loads(meta['meta'])
 
 class TextualInversion(Method):
@@ -549,13 +646,17 @@ class TextualInversion(Method):
                  init:str='coarse', # starting vector: 'coarse', 'token' or 'random' (see `initial_vector`)
                  token:str='sks', word:str|None=None, templates:list[str]|None=None, # as for `Polar`
                  seed:int=0, # seed of init='random'
+                 name:str|None=None, # its name in tables (default: 'textual inversion')
                 ):
         self.iters, self.lr, self.init, self.token, self.word, self.templates, self.seed = iters, lr, init, token, word, templates, seed
+        self.name = name or 'textual inversion'
         self.vectors, self.words, self.counts = {}, {}, dict(trained=0, loaded=0)
 
+    def settings(self): return dict(iters=self.iters, lr=self.lr, init=self.init, token=self.token, word=self.word, templates=self.templates, seed=self.seed)
+
     def fit(self, bb, cs, cache=True, progress=False):
-        root = cache_root(cache)
-        iters, lr = int(bb.defaults['iters'] if self.iters is None else self.iters), bb.defaults['lr'] if self.lr is None else self.lr
+        root, d = cache_root(cache), polar_defaults(bb, cs.benchmark)
+        iters, lr = int(d['iters'] if self.iters is None else self.iters), d['lr'] if self.lr is None else self.lr
         weights = fingerprint(bb.model) if root else None
         self.vectors, self.counts = {}, dict(trained=0, loaded=0)
         for c in tqdm(cs.ids, desc=f'{self.name} ({bb.name})', disable=not progress):
@@ -563,7 +664,8 @@ class TextualInversion(Method):
             prompts, name = concept_prompts(w, self.templates), cs.descriptions[c].get('coarse')
             hp = dict(iters=iters, lr=lr, init=self.init, name=name, seed=self.seed, token=self.token, prompts=prompts)
             f = root and concept_file(root, 'textual-inversion', bb, weights, c, cs.hashes[c], hp)
-            if f and f.is_file(): self.vectors[c] = _load_vector(f)[0]; self.counts['loaded'] += 1; continue
+            if f and f.is_file() and (v := _cached(lambda: _load_vector(f, bb.width), f, 'token vector')) is not None:
+                self.vectors[c] = v[0]; self.counts['loaded'] += 1; continue
             v0 = initial_vector(bb, self.init, name, self.token, self.seed)
             self.vectors[c], hist = invert_token(bb, cs.feats[c], prompts, v0, iters=iters, lr=lr, token=self.token)
             if f: _save_vector(f, self.vectors[c], dict(hp, history=hist))
@@ -613,7 +715,20 @@ assert not torch.allclose(swapped.embed(bb, [multi], few), ti.embed(bb, [multi],
 # %%
 #| export
 def _methods(methods)->list:
-    return [methods] if isinstance(methods, Method) else list(methods)
+    "The methods to evaluate (at least one) and a name for each, unique: methods sharing a name are told apart by the settings that differ."
+    ms = [methods] if isinstance(methods, Method) else list(methods)
+    if not ms: raise ValueError("no method to evaluate: give a Method or a list of them")
+    if bad := [m for m in ms if not isinstance(m, Method)]: raise TypeError(f"not a Method: {bad[0]!r}")
+    names = [m.name for m in ms]
+    for n in {n for n in names if names.count(n) > 1}:
+        group = [i for i,x in enumerate(names) if x == n]
+        sets = [json.loads(settings_text(ms[i])) for i in group]
+        if len({json.dumps(x, sort_keys=True) for x in sets}) < len(sets): raise ValueError(
+            f"the same method is given twice: {n!r} with settings {sets[0]}; give each its own name= if that is meant")
+        keys = [k for k in dict.fromkeys(k for x in sets for k in x) if len({json.dumps(x.get(k)) for x in sets}) > 1]
+        for i,x in zip(group, sets): names[i] = _named(n, {k: x.get(k) for k in keys})
+    if len(set(names)) < len(names): raise ValueError(f"methods named alike would be merged in the tables: {names}; give each its own name=")
+    return list(zip(ms, names))
 
 def evaluate_queries(methods, # a `Method` or a list of them
                      bench, # the benchmark
@@ -622,18 +737,23 @@ def evaluate_queries(methods, # a `Method` or a list of them
                      cache:bool|str|Path=True, # features and learned parameters: True = settings' cache_dir, a folder, or False
                      ks=(1, 5, 10), # cut-offs of recall@k
                      progress:bool=False, # tqdm bars while fitting
+                     ties:str='pessimistic', # how tied scores rank (see `positive_ranks`)
+                     n_support:int|str|None='paper', # support images per concept (see `concept_set`)
+                     support_seed:int=0, # seed of their draw
                     )->pd.DataFrame:
-    "One row per (method, query): kind, text, concepts, n_concepts, candidates, positives, best_rank and metrics (fractions)."
+    "One row per (method, query): kind, text, concepts, n_concepts, candidates, positives, best_rank, metrics (fractions), settings."
+    ms = _methods(methods)
     pool = image_features(bb, bench.pool, cache=cache, progress=None if progress else False)
-    cs, out = concept_set(bench, bb, cache), []
-    for m in _methods(methods):
+    cs, out = concept_set(bench, bb, cache, n_support, support_seed), []
+    for m, name in ms:
         m.fit(bb, cs, cache=cache, progress=progress)
         for kind in kinds:
             if not (qs := bench.queries(kind)): continue
-            t = metrics_table(m.embed(bb, qs, cs) @ pool.T, qs, ks)
-            t.insert(0, 'method', m.name); t.insert(1, 'kind', kind); t.insert(2, 'query', range(len(qs)))
+            t = metrics_table(m.embed(bb, qs, cs) @ pool.T, qs, ks, ties=ties)
+            t.insert(0, 'method', name); t.insert(1, 'kind', kind); t.insert(2, 'query', range(len(qs)))
             t.insert(5, 'n_concepts', [len(set(q.concepts)) for q in qs])
-            out.append(t)
+            out.append(t.assign(settings=settings_text(m)))
+    if not out: raise ValueError(f"{bench.name} has no queries of kind(s) {list(kinds)}")
     return pd.concat(out, ignore_index=True)
 
 
@@ -647,7 +767,8 @@ def summarize(per_query:pd.DataFrame)->pd.DataFrame:
     for m, t in per_query.groupby('method', sort=False):
         ctx = t[t.kind == 'context']
         parts = dict(zip(SPLITS, (ctx, ctx[ctx.n_concepts <= 1], ctx[ctx.n_concepts > 1], t[t.kind == 'concept'])))
-        out += [dict(method=m, split=s, n_queries=len(p), **p[cols].mean().to_dict()) for s,p in parts.items() if len(p)]
+        extra = dict(settings=t.settings.iloc[0]) if 'settings' in t else {}
+        out += [dict(method=m, split=s, n_queries=len(p), **p[cols].mean().to_dict(), **extra) for s,p in parts.items() if len(p)]
     return pd.DataFrame(out)
 
 def evaluate(methods, bench, bb:Backbone, **kw)->pd.DataFrame:
@@ -671,10 +792,26 @@ pq.head(3)
 
 # %%
 sm = summarize(pq)
-test_eq(sm.columns.tolist(), ['method', 'split', 'n_queries', 'mrr', 'map', 'r@1', 'r@5', 'r@10'])
+test_eq(sm.columns.tolist(), ['method', 'split', 'n_queries', 'mrr', 'map', 'r@1', 'r@5', 'r@10', 'settings'])
 test_eq(sm.split.tolist()[:4], list(SPLITS))
 test_eq(sm.n_queries.tolist()[:4], [88, 80, 8, 20])
 as_percent(sm).head(4)
+
+# %% [markdown]
+# Each method keeps its own rows, and every row carries the method's settings. Methods that share a
+# name in one evaluation are told apart by the settings in which they differ (`Polar()` and
+# `Polar(iters=5)` become `POLAR (iters=None)` and `POLAR (iters=5)`); the same method given twice
+# is refused, as is an empty list.
+
+# %%
+test_eq([n for _,n in _methods([Polar(), Polar(iters=5), TextOnly()])], ['POLAR (iters=None)', 'POLAR (iters=5)', 'text (coarse)'])
+test_fail(lambda: evaluate_queries([AvgImText(), AvgImText()], bench, bb, cache=cache), contains="the same method is given twice")
+test_fail(lambda: evaluate([], bench, bb, cache=cache), contains='no method to evaluate')
+two = evaluate([AvgImText(), AvgImText(description='rich')], bench, bb, cache=cache)
+test_eq(two.groupby('method', sort=False).n_queries.first().to_dict(), {'AvgIm+Text (description=coarse)': 88, 'AvgIm+Text (description=rich)': 88})
+test_eq(json.loads(two.settings.iloc[-1]), dict(alpha=0.5, description='rich'))
+test_eq(two[two.split == 'context-all'].mrr.nunique(), 2)  # two methods, each its own numbers
+two[['method', 'split', 'n_queries', 'mrr', 'settings']].head(2)
 
 
 # %% [markdown]
@@ -696,6 +833,8 @@ def caption_recall(bb:Backbone, # the backbone
                    k:int=10, # the cut-off
                   )->float:
     "Caption→image recall@k: the fraction of captions whose own image is in the top k of the pool (ties count against)."
+    if isinstance(captions, str) or len(captions) != len(pool) or not all(isinstance(c, str) for c in captions): raise ValueError(
+        f"captions must be one string per pool image: {len(pool)} pool images, {'a single string' if isinstance(captions, str) else f'{len(captions)} captions'}")
     S = encode_text(bb, captions, list(updates)) @ pool.T
     rank = (S >= S.diagonal()[:, None]).sum(1)
     return float((rank <= k).float().mean())
@@ -704,10 +843,11 @@ def general_knowledge(method:Method, bench, bb:Backbone,
                       captions:str|Path|list|None=None, # pool-aligned captions, or their JSON file (default: <root>/vlm_captions.json)
                       k:int=10, cache:bool|str|Path=True,
                       per_concept:bool=False, # one row per concept instead of the summary
+                      n_support:int|str|None='paper', support_seed:int=0, # support images per concept (see `concept_set`)
                      )->pd.DataFrame:
     "VLM-caption recall@k without and with each concept's text-encoder changes: original, mean, worst, mean and worst drop."
     caps = captions if isinstance(captions, list) else bench.vlm_captions(captions or bench.root/'vlm_captions.json')
-    pool, cs = image_features(bb, bench.pool, cache=cache, progress=False), concept_set(bench, bb, cache)
+    pool, cs = image_features(bb, bench.pool, cache=cache, progress=False), concept_set(bench, bb, cache, n_support, support_seed)
     method.fit(bb, cs, cache=cache)
     base = caption_recall(bb, caps, pool, k=k)
     r = pd.Series({c: caption_recall(bb, caps, pool, ups, k) if (ups := method.text_updates(c)) else base for c in cs.ids})
@@ -720,6 +860,8 @@ def general_knowledge(method:Method, bench, bb:Backbone,
 pool = image_features(bb, bench.pool, cache=cache)
 caps = bench.vlm_captions(bench.root/'vlm_captions.json')
 test_eq(caption_recall(bb, caps, pool, k=len(caps)), 1.0)
+test_fail(lambda: caption_recall(bb, caps[:10], pool), contains='344 pool images, 10 captions')
+test_fail(lambda: general_knowledge(TextOnly(), bench, bb, captions=caps[:10], cache=cache), contains='10 captions')
 gk = general_knowledge(TextOnly(), bench, bb, cache=cache)
 test_eq(gk.loc[0, 'worst_drop'], 0.0)
 gk

@@ -550,14 +550,13 @@ def write_features(path:str|Path, # the .npy file to write
                    seed:int=0,
                   )->Path:
     "Write `n` random unit vectors [n, d] as an fp16 .npy, one chunk at a time, atomically."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, g = path.with_suffix(f'.{os.getpid()}.tmp'), torch.Generator().manual_seed(seed)
-    with open(tmp, 'wb') as fh:
+    from polar_nb.clip import atomic_write
+    g = torch.Generator().manual_seed(seed)
+    def write(fh):
         np.lib.format.write_array_header_1_0(fh, dict(descr=np.lib.format.dtype_to_descr(np.dtype('<f2')), fortran_order=False, shape=(n, d)))
         for s in range(0, n, chunk): F.normalize(torch.randn(min(chunk, n - s), d, generator=g), dim=-1).half().numpy().tofile(fh)
         fh.flush(); os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, write)
 
 def feature_path(n:int, d:int=768, root:str|Path|None=None, seed:int=0)->Path:
     "Where the fp16 file of `n`×`d` random unit features lives: under `root` (default: the settings' cache dir)."

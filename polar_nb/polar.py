@@ -7,7 +7,7 @@ Docs: https://polar-nb.github.io/polar-nb/polar.html.md"""
 # %% auto #0
 __all__ = ['PARAMS', 'FAST_PARAMS', 'CACHE_BYTES', 'TEMPLATES', 'OPTIMIZERS', 'FORMAT', 'site_shape', 'LowRankUpdate',
            'random_update', 'merged_weights', 'merge_updates', 'eot_summaries', 'finish_eot', 'encode_text',
-           'training_prompts', 'personalize']
+           'training_prompts', 'TrainingDiverged', 'personalize']
 
 # %% ../nbs/03_polar.ipynb #7c0564ac
 import json, math
@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .clip import Backbone, tokenize, token_id, eot_positions, save_safetensors
+from .clip import Backbone, tokenize, token_id, eot_positions, save_safetensors, fingerprint, content_hash
 
 # %% ../nbs/03_polar.ipynb #654f65ec
 PARAMS = dict(q='attention query (in_proj rows 0:d)', k='attention key (in_proj rows d:2d)',
@@ -69,6 +69,7 @@ class LowRankUpdate:
     width: int  # that backbone's text width
     history: list = field(default_factory=list)  # training loss per iteration
     meta: dict = field(default_factory=dict)  # training settings (lam, iters, lr, seed, ...)
+    weights: str|None = None  # `fingerprint` of the backbone's weights it was trained on
 
     @property
     def rank(self)->int: return self.A.shape[-2]
@@ -87,16 +88,24 @@ class LowRankUpdate:
 
 # %% ../nbs/03_polar.ipynb #d36199bf
 @patch
-def check(self:LowRankUpdate, bb:Backbone):
-    "ValueError unless the update fits `bb` (same backbone name and width, layers and shapes that exist)."
+def check(self:LowRankUpdate, bb:Backbone,
+          check_weights:bool=True, # False: accept an update trained on other weights of the same architecture
+         ):
+    "ValueError unless the update fits `bb` (same backbone name, width and weights; layers and shapes that exist; finite factors)."
     what = f"update of {self.param!r} for token {self.token!r}"
     if self.backbone != bb.name: raise ValueError(f"{what} was trained on backbone {self.backbone!r}, not {bb.name!r}")
     if self.width != bb.width: raise ValueError(f"{what} has width {self.width}, backbone {bb.name!r} has width {bb.width}")
+    if check_weights and self.weights != (fp := fingerprint(bb.model)): raise ValueError(
+        f"{what} " + ("records no fingerprint of the weights it was trained on" if self.weights is None else
+        f"was trained on other weights of {bb.name!r} (fingerprint {self.weights[:12]}…, this backbone's {fp[:12]}…)") +
+        ": its embeddings would be wrong here; pass check_weights=False to apply it anyway")
     if self.param != 'proj' and not all(isinstance(l, int) and 0 <= l < bb.n_layers for l in self.layers):
         raise ValueError(f"{what}: layers {self.layers} do not exist in {bb.name!r} ({bb.n_layers} layers)")
     d_out, d_in = site_shape(bb, self.param)
     if self.A.shape[-1] != d_in or self.B.shape[-2] != d_out or self.A.shape[-2] != self.B.shape[-1]: raise ValueError(
         f"{what}: A {tuple(self.A.shape)} and B {tuple(self.B.shape)} do not fit a [{d_out}, {d_in}] weight")
+    if not (torch.isfinite(self.A).all() and torch.isfinite(self.B).all()): raise ValueError(f"{what} has NaN or infinite factors")
+    if (self.A.norm(dim=-1) - 1).abs().max() > 1e-4: raise ValueError(f"{what}: the rows of A must have unit norm")
 
 # %% ../nbs/03_polar.ipynb #9051f3e8
 def random_update(bb:Backbone, # the backbone it is for
@@ -124,7 +133,7 @@ def _layers(bb:Backbone, param:str, layer)->tuple[list, bool]:
         if many and len(layer) > 1: raise ValueError("param 'proj' (the final projection) has no layers: give one layer or none")
         return [None], False
     ls, n = list(layer) if many else [layer], bb.n_layers
-    if not ls or any(not isinstance(l, (int, np.integer)) or not -n <= l < n for l in ls):
+    if not ls or any(isinstance(l, bool) or not isinstance(l, (int, np.integer)) or not -n <= l < n for l in ls):
         raise ValueError(f"layer {layer!r}: {bb.name!r} has text layers 0..{n-1} (or -{n}..-1)")
     ls = [int(l) % n for l in ls]
     if len(set(ls)) != len(ls): raise ValueError(f"layer {layer!r} names a layer twice")
@@ -134,7 +143,7 @@ def _make_update(bb, A, B, param, layers, many, token, history=(), meta=None)->L
     "A `LowRankUpdate` from stacked factors [n_layers, ...] (squeezed for a single layer)."
     A, B = A.detach().float().cpu().contiguous(), B.detach().float().cpu().contiguous()
     if not many: A, B = A[0], B[0]
-    return LowRankUpdate(A, B, param, layers if many else layers[0], token, bb.name, bb.width, list(history), dict(meta or {}))
+    return LowRankUpdate(A, B, param, layers if many else layers[0], token, bb.name, bb.width, list(history), dict(meta or {}), fingerprint(bb.model))
 
 # %% ../nbs/03_polar.ipynb #3e39a95e
 def merged_weights(bb:Backbone, factors:list[tuple])->dict[str, torch.Tensor]:
@@ -385,6 +394,31 @@ def _sample(m:int, n:int, g:torch.Generator)->torch.Tensor:
     "`n` indices into `m` negatives: without replacement when there are enough."
     return torch.randperm(m, generator=g)[:n] if m >= n else torch.randint(m, (n,), generator=g)
 
+def _number(name:str, v, low:float=0., strict:bool=False, integer:bool=False):
+    "`v` checked to be a (finite, integer if asked) number ≥ `low` (> `low` if `strict`), else a ValueError naming `name`."
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+    ok = ok and (not integer or float(v).is_integer() and isinstance(v, (int, np.integer))) and (v > low if strict else v >= low)
+    if not ok: raise ValueError(f"{name} must be {'an integer' if integer else 'a finite number'} {'>' if strict else '≥'} {low:g}, not {v!r}")
+    return int(v) if integer else float(v)
+
+class TrainingDiverged(ValueError):
+    "A personalization run that blew up: its loss rose far above its start, or its update grew far larger than the weight it changes."
+
+def _site_norm(bb:Backbone, param:str, layers:list)->float:
+    "The Frobenius norm of the weight(s) an update of `param` in `layers` changes."
+    out = 0.
+    for l in layers:
+        name, rows, _ = _site(bb, param, l)
+        W = bb.model.get_parameter(name)
+        out += float((W if rows is None else W[rows]).detach().norm()**2)
+    return math.sqrt(out)
+
+def _divergence(hist:list, dW:float, W:float)->str|None:
+    "Why a run with loss history `hist` and update norm `dW` (weight norm `W`) diverged, or None."
+    l0 = hist[0]
+    if (top := max(hist)) > l0 + 10 * max(abs(l0), 1e-4): return f"its loss rose from {l0:.4g} to {top:.4g}"
+    if dW > 100 * W: return f"|ΔW| = {dW:.4g} is {dW/W:.3g} times the norm of the weight it changes ({W:.4g})"
+
 # %% ../nbs/03_polar.ipynb #f8d0ca80
 def personalize(bb:Backbone, # the backbone (its weights are left untouched)
                 image_feats, # features [n, e] of the concept's training images (normalised here)
@@ -403,10 +437,15 @@ def personalize(bb:Backbone, # the backbone (its weights are left untouched)
                 exact:bool=True, # False: train through the official approximation (head-averaged attention, no V bias)
                 seed:int=0, # seed of A's initialisation and of the sampling of negatives
                 progress:bool=False, # show a tqdm bar
+                check_divergence:bool=True, # raise `TrainingDiverged` when the run blows up
                )->LowRankUpdate:
     "Learn a rank-`rank` update ΔW = B·A that makes prompts holding `token` match the images (POLAR, Eq. 6)."
     d = bb.defaults
-    lam, iters, lr = (d['lam'] if lam is None else lam), int(d['iters'] if iters is None else iters), (d['lr'] if lr is None else lr)
+    lam = _number('lam', d['lam'] if lam is None else lam)
+    iters = _number('iters', d['iters'] if iters is None else iters, 1, integer=True)
+    lr = _number('lr', d['lr'] if lr is None else lr, strict=True)
+    rank, seed = _number('rank', rank, 1, integer=True), _number('seed', seed, integer=True)
+    neg_weight, weight_decay = _number('neg_weight', neg_weight), _number('weight_decay', weight_decay)
     if optimizer not in OPTIMIZERS: raise ValueError(f"optimizer {optimizer!r}: one of {list(OPTIMIZERS)}")
     _check_tower(bb)
     Y = _unit_features(bb, image_feats, 'image_feats')
@@ -426,11 +465,15 @@ def personalize(bb:Backbone, # the backbone (its weights are left untouched)
             loss = ((E - Y)**2).mean() + lam * (B**2).mean()
             if N is not None: loss = loss - neg_weight * ((E - N[_sample(len(N), len(Y), g).to(bb.device)])**2).mean()
             hist.append(loss.item())
-            if not math.isfinite(hist[-1]): raise ValueError(f"loss is {hist[-1]} at iteration {it} (lr {lr}, lam {lam}): training diverged")
+            if not math.isfinite(hist[-1]): raise TrainingDiverged(f"loss is {hist[-1]} at iteration {it} (lr {lr}, lam {lam}): training diverged")
+            if check_divergence and (why := _divergence(hist, 0., 1.)): raise TrainingDiverged(
+                f"training diverged at iteration {it} (lr {lr}, lam {lam}): {why}; try a smaller lr")
             opt.zero_grad(); loss.backward(); opt.step()
     meta = dict(lam=lam, iters=iters, lr=lr, rank=rank, seed=seed, exact=exact, optimizer=optimizer, weight_decay=weight_decay,
                 n_images=len(Y), n_negatives=0 if N is None else len(N), neg_weight=neg_weight, pretrained=bb.pretrained)
     A, B = theta.detach()[:A0.numel()].view(A0.shape), theta.detach()[A0.numel():].view(B0.shape)
+    if check_divergence and (why := _divergence(hist, float(B.norm()), _site_norm(bb, param, layers))): raise TrainingDiverged(
+        f"training diverged after {iters} iterations (lr {lr}, lam {lam}): {why}; try a smaller lr")
     return _make_update(bb, F.normalize(A, dim=-1), B, param, layers, many, token, hist, meta)
 
 # %% ../nbs/03_polar.ipynb #fc0ba644
@@ -440,15 +483,17 @@ FORMAT = 'polar-nb/lowrank-1'
 def save(self:LowRankUpdate, path:str|Path)->Path:
     "Write the update to a safetensors file (factors + metadata)."
     meta = dict(format=FORMAT, param=self.param, layer=json.dumps(self.layer), token=self.token, backbone=self.backbone,
-                width=str(self.width), rank=str(self.rank), history=json.dumps(self.history), meta=json.dumps(self.meta))
+                width=str(self.width), rank=str(self.rank), history=json.dumps(self.history), meta=json.dumps(self.meta),
+                weights=json.dumps(self.weights), checksum=content_hash([self.A, self.B]))
     return save_safetensors(dict(A=self.A, B=self.B), path, meta)
 
 # %% ../nbs/03_polar.ipynb #dbaa4f9b
 @patch(cls_method=True)
 def load(cls:LowRankUpdate, path:str|Path, # a file written by `LowRankUpdate.save`
-          bb:Backbone|None=None, # if given, the update must fit it (same name and width)
+          bb:Backbone|None=None, # if given, the update must fit it (same name, width and weights)
+          check_weights:bool=True, # False: accept it on other weights of `bb`'s architecture (it then records `bb`'s)
          )->LowRankUpdate:
-    "Read an update from a safetensors file, checking its metadata (and that it fits `bb`)."
+    "Read an update from a safetensors file, checking its metadata, its content (checksum, finite factors) and that it fits `bb`."
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no update file {path}")
@@ -458,11 +503,17 @@ def load(cls:LowRankUpdate, path:str|Path, # a file written by `LowRankUpdate.sa
     if meta.get('format') != FORMAT or set(t) != {'A', 'B'}: raise ValueError(f"{path} is not a polar-nb low-rank update")
     try:
         u = cls(t['A'], t['B'], meta['param'], json.loads(meta['layer']), meta['token'], meta['backbone'], int(meta['width']),
-                json.loads(meta['history']), json.loads(meta['meta']))
+                json.loads(meta['history']), json.loads(meta['meta']), json.loads(meta.get('weights', 'null')))
     except (KeyError, ValueError) as e: raise ValueError(f"{path}: malformed update metadata ({e})") from e
+    if meta.get('checksum') != content_hash([u.A, u.B]): raise ValueError(
+        f"{path}: its factors do not match the checksum they were saved with: the file is corrupt" if 'checksum' in meta else
+        f"{path}: no checksum of its factors (not written by this version of polar-nb)")
+    if not (torch.isfinite(u.A).all() and torch.isfinite(u.B).all()): raise ValueError(f"{path}: NaN or infinite factors")
     many = isinstance(u.layer, list)
     if (u.param not in PARAMS or u.A.dim() != 2+many or u.B.dim() != 2+many or u.rank != int(meta['rank'])
         or u.B.shape[-1] != u.rank or (many and not len(u.layer) == len(u.A) == len(u.B))):
         raise ValueError(f"{path}: factors A {tuple(u.A.shape)}, B {tuple(u.B.shape)} do not match its metadata")
-    if bb is not None: u.check(bb)
+    if bb is not None:
+        u.check(bb, check_weights)
+        if not check_weights and u.weights != (fp := fingerprint(bb.model)): u.meta['trained_on_weights'], u.weights = u.weights, fp
     return u

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import pandas as pd
 from .compat import import_open_clip
 from .config import get_settings, resolve_device
-from .clip import frozen_token_embedding, Backbone, fingerprint, save_safetensors
+from .clip import frozen_token_embedding, Backbone, fingerprint, save_safetensors, atomic_write
 
 # %% ../nbs/00_world_tiny.ipynb #f3dc30a0
 WORLD_TINY_VIT_CFG = dict(  # a ViT image tower, tried and not shipped
@@ -72,8 +72,7 @@ def scene_bank(n:int, # number of scenes
         k = min(chunk, n-start); f = cache/f'{start:07d}-{k}.npz'
         if not f.exists():
             im, cp = generic_scenes(k, seed=seed, start=start)
-            np.savez(f.with_suffix('.tmp.npz'), imgs=im, caps=np.array(json.dumps(cp)))
-            f.with_suffix('.tmp.npz').rename(f)
+            atomic_write(f, lambda fh: np.savez(fh, imgs=im, caps=np.array(json.dumps(cp))))
         z = np.load(f); imgs.append(z['imgs']); caps += json.loads(str(z['caps']))
     return np.concatenate(imgs), caps
 
@@ -327,8 +326,7 @@ def train_world_tiny(steps:int=600, # optimisation steps
         if names: total = total + names_weight * name_loss(model, tok, r, pool, names)
         opt.zero_grad(); total.backward(); opt.step(); hist.append(loss.item())
         if (step+1) % every == 0 or step+1 == steps:
-            torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), hist=hist, step=step+1), ckpt.with_suffix('.tmp'))
-            ckpt.with_suffix('.tmp').rename(ckpt)
+            atomic_write(ckpt, lambda fh: torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), hist=hist, step=step+1), fh))
             if progress: print(f"step {step+1}/{steps} loss {np.mean(hist[-every:]):.3f} ({(time.time()-t0)/(step+1-start):.2f} s/step)", flush=True)
     return model.eval(), hist
 

@@ -1,4 +1,5 @@
 "Baselines and the evaluation runner: embeddings, AvgIm+Text's limits, POLAR's sums and zero update, textual inversion, the cache, evaluate's tables."
+import dataclasses
 import json
 import numpy as np
 import pandas as pd
@@ -83,7 +84,7 @@ def test_avgim_text_limits(bb, cs, queries, multi):
     assert TextOnly('coarse').texts([multi], cs) == ['toy next to bottle']
     with pytest.raises(ValueError, match='alpha'): AvgImText(-0.1)
 
-def _zero(u): return LowRankUpdate(u.A, torch.zeros_like(u.B), u.param, u.layer, u.token, u.backbone, u.width)
+def _zero(u): return dataclasses.replace(u, B=torch.zeros_like(u.B))
 
 def test_polar_zero_update_is_text_with_sks(bb, cs, queries):
     pol = Polar(iters=2).fit(bb, cs, cache=False)
@@ -106,7 +107,7 @@ def test_polar_mean_combination(bb, cs, multi, queries, tmp_path):
     "combine='mean' halves each of two concepts' ΔW, leaves single-concept queries alone, shares the trained updates' cache."
     pol = Polar(iters=20, lr=5e-2, lam=0.0).fit(bb, cs, cache=False)
     avg = Polar(iters=20, lr=5e-2, lam=0.0, combine='mean'); avg.updates, avg.words = pol.updates, pol.words
-    halves = [LowRankUpdate(u.A, u.B / 2, u.param, u.layer, u.token, u.backbone, u.width) for u in (pol.updates[0], pol.updates[1])]
+    halves = [dataclasses.replace(u, B=u.B / 2) for u in (pol.updates[0], pol.updates[1])]
     assert torch.allclose(avg.embed(bb, [multi], cs)[0], encode_text(bb, 'sks next to sks', halves)[0], atol=1e-6)
     assert not torch.allclose(avg.embed(bb, [multi], cs), pol.embed(bb, [multi], cs), atol=1e-4)
     single = [q for q in queries if len(set(q.concepts)) == 1]
@@ -183,7 +184,8 @@ def test_evaluate_tables(bb, cc, tmp_path):
             'mrr', 'map', 'r@1', 'r@5', 'r@10'} <= set(pq.columns)
     assert pq[pq.kind == 'context'].n_concepts.tolist()[:5] == [1, 2, 1, 2, 1]
     sm = summarize(pq)
-    assert sm.columns.tolist() == ['method', 'split', 'n_queries', 'mrr', 'map', 'r@1', 'r@5', 'r@10']
+    assert sm.columns.tolist() == ['method', 'split', 'n_queries', 'mrr', 'map', 'r@1', 'r@5', 'r@10', 'settings']
+    assert json.loads(sm[sm.method == 'POLAR'].settings.iloc[0])['iters'] == 3  # each method's settings stay with its rows
     assert sm.method.tolist() == [m.name for m in methods for _ in SPLITS] and sm.split.tolist() == list(SPLITS) * len(methods)
     assert sm.n_queries.tolist() == [5, 3, 2, 3] * len(methods)
     vals = sm[['mrr', 'map', 'r@1', 'r@5', 'r@10']].to_numpy()
