@@ -26,7 +26,7 @@ from fastcore.test import test_eq, test_ne, test_close, test_fail
 
 # %%
 #| export
-import io, json, math, re, time
+import io, json, math, re, time, warnings
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -132,11 +132,22 @@ def scene_bank(n:int, # number of scenes
     imgs, caps = [], []
     for start in range(0, n, chunk):
         k = min(chunk, n-start); f = cache/f'{start:07d}-{k}.npz'
-        if not f.exists():
-            im, cp = generic_scenes(k, seed=seed, start=start)
-            atomic_write(f, lambda fh: np.savez(fh, imgs=im, caps=np.array(json.dumps(cp))))
-        z = np.load(f); imgs.append(z['imgs']); caps += json.loads(str(z['caps']))
+        got = _bank_chunk(f, k) if f.exists() else None
+        if got is None:
+            got = generic_scenes(k, seed=seed, start=start)
+            atomic_write(f, lambda fh: np.savez(fh, imgs=got[0], caps=np.array(json.dumps(got[1]))))
+        imgs.append(got[0]); caps += got[1]
     return np.concatenate(imgs), caps
+
+def _bank_chunk(f:Path, k:int):
+    "The (images, captions) of a cached chunk of `k` scenes, or None (with a warning naming it) when it is unreadable or of another size."
+    try:
+        with np.load(f) as z: im, cp = z['imgs'], json.loads(str(z['caps']))
+        if im.dtype == np.uint8 and im.ndim == 4 and len(im) == len(cp) == k: return im, cp
+        why = f"holds {len(im)} images and {len(cp)} captions, not {k}"
+    except Exception as e: why = f"is unreadable ({type(e).__name__}: {e})"
+    warnings.warn(f"cached scene bank chunk {f} {why}: rendering it again")
+    return None
 
 
 # %%
@@ -145,6 +156,10 @@ with tempfile.TemporaryDirectory() as d:
     im, cp = scene_bank(6, cache=Path(d), chunk=4)
     im2, cp2 = scene_bank(6, cache=Path(d), chunk=4)  # read back from the cache
     test_eq(im.shape, (6, 64, 64, 3)); test_eq(len(cp), 6); test_eq(cp, cp2); test_eq(im, im2)
+    f = sorted(Path(d).rglob('*.npz'))[0]; f.write_bytes(f.read_bytes()[:100])  # a damaged chunk: named, rendered again
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); im3, cp3 = scene_bank(6, cache=Path(d), chunk=4)
+    test_eq(im3, im); test_eq(cp3, cp); assert any(str(f) in str(x.message) for x in w)
 cp[0]
 
 
@@ -776,7 +791,7 @@ def defaults_search(bb, # the backbone to tune POLAR for
     done = {}  # (lam, lr, iters) -> row
     if cache:
         cache = Path(cache); cache.parent.mkdir(parents=True, exist_ok=True)
-        if cache.exists(): done = {(r['lam'], r['lr'], r['iters']): r for r in (json.loads(l) for l in cache.read_text().splitlines() if l.strip())}
+        if cache.exists(): done = {(r['lam'], r['lr'], r['iters']): r for r in _search_rows(cache)}
     combos = [dict(lam=float(lam), lr=float(lr), iters=int(iters)) for lam, lr, iters in itertools.product(grid['lam'], grid['lr'], grid['iters'])]
     if all(tuple(k.values()) in done for k in combos): return _search_table([done[tuple(k.values())] for k in combos])
     with tempfile.TemporaryDirectory() as d:
@@ -795,6 +810,17 @@ def defaults_search(bb, # the backbone to tune POLAR for
                 with open(cache, 'a') as f: f.write(json.dumps(rows[-1]) + '\n')
             if progress: print(rows[-1], flush=True)
     return _search_table(rows)
+
+def _search_rows(path:Path)->list:
+    "The rows of a defaults-search file; a line that is not a complete row (a run killed while writing it) is skipped with a warning."
+    rows, need = [], {'lam', 'lr', 'iters', 'context_mrr', 'concept_map', 'gk_mean_drop', 'gk_worst_drop'}
+    for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+        if not line.strip(): continue
+        try: r = json.loads(line)
+        except json.JSONDecodeError: r = None
+        if isinstance(r, dict) and need <= set(r): rows.append(r)
+        else: warnings.warn(f"{path}, line {n}: not a complete row of the defaults search; it is measured again")
+    return rows
 
 def _search_table(rows:list)->pd.DataFrame:
     t = pd.DataFrame(rows)[['lam', 'lr', 'iters', 'context_mrr', 'concept_map', 'gk_mean_drop', 'gk_worst_drop']]
@@ -828,6 +854,11 @@ _t
 demo = pd.DataFrame(dict(lam=[0., .1, .35], lr=[1e-2]*3, iters=[50]*3, score=[.6, .5, .3], gk_mean_drop=[.03, .005, 0.]))
 test_eq(choose_defaults(demo), dict(lam=0.1, iters=50, lr=1e-2))
 test_eq(choose_defaults(demo, max_drop=0.05)['lam'], 0.0)
+with tempfile.TemporaryDirectory() as d:
+    rows = Path(d)/'rows.jsonl'; rows.write_text('{"lam": 0.1, "lr": 0.001, "iters": 5, "context_mrr": 0.5, "concept_map": 0.4, "gk_mean_drop": 0, "gk_worst_drop": 0}\n{"lam": 0.2, "l')
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); test_eq(len(_search_rows(rows)), 1)  # a row cut short by a kill is measured again
+    assert 'line 2' in str(w[0].message)
 test_fail(lambda: choose_defaults(demo, max_drop=-1), contains='widen the grid')
 
 # %% [markdown]

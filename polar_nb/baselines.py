@@ -396,11 +396,14 @@ def evaluate_queries(methods, # a `Method` or a list of them
                      ties:str='pessimistic', # how tied scores rank (see `positive_ranks`)
                      n_support:int|str|None='paper', # support images per concept (see `concept_set`)
                      support_seed:int=0, # seed of their draw
+                     concepts:ConceptSet|None=None, # the support set to use instead (e.g. one image per concept)
                     )->pd.DataFrame:
     "One row per (method, query): kind, text, concepts, n_concepts, candidates, positives, best_rank, metrics (fractions), settings."
     ms = _methods(methods)
     pool = image_features(bb, bench.pool, cache=cache, progress=None if progress else False)
-    cs, out = concept_set(bench, bb, cache, n_support, support_seed), []
+    cs, out = concepts or concept_set(bench, bb, cache, n_support, support_seed), []
+    if cs.benchmark != bench.name or set(cs.ids) != set(bench.concepts): raise ValueError(
+        f"the support set is of {cs.benchmark} with {len(cs.ids)} concepts, the benchmark is {bench.name} with {len(bench.concepts)}")
     for m, name in ms:
         m.fit(bb, cs, cache=cache, progress=progress)
         for kind in kinds:

@@ -13,7 +13,7 @@ __all__ = ['WORLD_TINY_VIT_CFG', 'WORLD_TINY_CFG', 'TOKEN_SEED', 'MEAN', 'STD', 
            'choose_defaults', 'probe_accuracy', 'image_probes', 'tie_recall', 'swap_similarity']
 
 # %% ../nbs/00_world_tiny.ipynb #935fa033
-import io, json, math, re, time
+import io, json, math, re, time, warnings
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -70,11 +70,22 @@ def scene_bank(n:int, # number of scenes
     imgs, caps = [], []
     for start in range(0, n, chunk):
         k = min(chunk, n-start); f = cache/f'{start:07d}-{k}.npz'
-        if not f.exists():
-            im, cp = generic_scenes(k, seed=seed, start=start)
-            atomic_write(f, lambda fh: np.savez(fh, imgs=im, caps=np.array(json.dumps(cp))))
-        z = np.load(f); imgs.append(z['imgs']); caps += json.loads(str(z['caps']))
+        got = _bank_chunk(f, k) if f.exists() else None
+        if got is None:
+            got = generic_scenes(k, seed=seed, start=start)
+            atomic_write(f, lambda fh: np.savez(fh, imgs=got[0], caps=np.array(json.dumps(got[1]))))
+        imgs.append(got[0]); caps += got[1]
     return np.concatenate(imgs), caps
+
+def _bank_chunk(f:Path, k:int):
+    "The (images, captions) of a cached chunk of `k` scenes, or None (with a warning naming it) when it is unreadable or of another size."
+    try:
+        with np.load(f) as z: im, cp = z['imgs'], json.loads(str(z['caps']))
+        if im.dtype == np.uint8 and im.ndim == 4 and len(im) == len(cp) == k: return im, cp
+        why = f"holds {len(im)} images and {len(cp)} captions, not {k}"
+    except Exception as e: why = f"is unreadable ({type(e).__name__}: {e})"
+    warnings.warn(f"cached scene bank chunk {f} {why}: rendering it again")
+    return None
 
 # %% ../nbs/00_world_tiny.ipynb #047f2b91
 def _encode_trimmed(model, tokens:torch.Tensor, states:list|None=None)->torch.Tensor:
@@ -417,7 +428,7 @@ def defaults_search(bb, # the backbone to tune POLAR for
     done = {}  # (lam, lr, iters) -> row
     if cache:
         cache = Path(cache); cache.parent.mkdir(parents=True, exist_ok=True)
-        if cache.exists(): done = {(r['lam'], r['lr'], r['iters']): r for r in (json.loads(l) for l in cache.read_text().splitlines() if l.strip())}
+        if cache.exists(): done = {(r['lam'], r['lr'], r['iters']): r for r in _search_rows(cache)}
     combos = [dict(lam=float(lam), lr=float(lr), iters=int(iters)) for lam, lr, iters in itertools.product(grid['lam'], grid['lr'], grid['iters'])]
     if all(tuple(k.values()) in done for k in combos): return _search_table([done[tuple(k.values())] for k in combos])
     with tempfile.TemporaryDirectory() as d:
@@ -436,6 +447,17 @@ def defaults_search(bb, # the backbone to tune POLAR for
                 with open(cache, 'a') as f: f.write(json.dumps(rows[-1]) + '\n')
             if progress: print(rows[-1], flush=True)
     return _search_table(rows)
+
+def _search_rows(path:Path)->list:
+    "The rows of a defaults-search file; a line that is not a complete row (a run killed while writing it) is skipped with a warning."
+    rows, need = [], {'lam', 'lr', 'iters', 'context_mrr', 'concept_map', 'gk_mean_drop', 'gk_worst_drop'}
+    for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+        if not line.strip(): continue
+        try: r = json.loads(line)
+        except json.JSONDecodeError: r = None
+        if isinstance(r, dict) and need <= set(r): rows.append(r)
+        else: warnings.warn(f"{path}, line {n}: not a complete row of the defaults search; it is measured again")
+    return rows
 
 def _search_table(rows:list)->pd.DataFrame:
     t = pd.DataFrame(rows)[['lam', 'lr', 'iters', 'context_mrr', 'concept_map', 'gk_mean_drop', 'gk_worst_drop']]
