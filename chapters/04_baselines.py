@@ -829,18 +829,22 @@ two[['method', 'split', 'n_queries', 'mrr', 'settings']].head(2)
 
 # %%
 #| export
-def caption_recall(bb:Backbone, # the backbone
-                   captions:list[str], # one caption per pool image, in pool order
-                   pool:torch.Tensor, # the pool's normalised image features
-                   updates:list=(), # low-rank updates of the text encoder to apply
+def caption_ranks(bb:Backbone, # the backbone
+                  captions:list[str], # one caption per pool image, in pool order
+                  pool:torch.Tensor, # the pool's normalised image features
+                  updates:list=(), # low-rank updates of the text encoder to apply
+                 )->torch.Tensor:
+    "The 1-based rank of each caption's own image in the pool (tied scores count against it)."
+    if isinstance(captions, str) or len(captions) != len(pool) or not all(isinstance(c, str) for c in captions): raise ValueError(
+        f"captions must be one string per pool image: {len(pool)} pool images, {'a single string' if isinstance(captions, str) else f'{len(captions)} captions'}")
+    S = encode_text(bb, list(captions), list(updates)) @ pool.T
+    return (S >= S.diagonal()[:, None]).sum(1)
+
+def caption_recall(bb:Backbone, captions:list[str], pool:torch.Tensor, updates:list=(), # as for `caption_ranks`
                    k:int=10, # the cut-off
                   )->float:
     "Caption→image recall@k: the fraction of captions whose own image is in the top k of the pool (ties count against)."
-    if isinstance(captions, str) or len(captions) != len(pool) or not all(isinstance(c, str) for c in captions): raise ValueError(
-        f"captions must be one string per pool image: {len(pool)} pool images, {'a single string' if isinstance(captions, str) else f'{len(captions)} captions'}")
-    S = encode_text(bb, captions, list(updates)) @ pool.T
-    rank = (S >= S.diagonal()[:, None]).sum(1)
-    return float((rank <= k).float().mean())
+    return float((caption_ranks(bb, captions, pool, updates) <= k).float().mean())
 
 def general_knowledge(method:Method, bench, bb:Backbone,
                       captions:str|Path|list|None=None, # pool-aligned captions, or their JSON file (default: <root>/vlm_captions.json)

@@ -38,7 +38,7 @@ import json
 from pathlib import Path
 import pandas as pd, torch
 from polar_nb.clip import Backbone
-from polar_nb.baselines import Method, ConceptSet, TextOnly
+from polar_nb.baselines import Method, ConceptSet, TextOnly, caption_ranks
 from polar_nb.polar import encode_text
 
 # %% [markdown]
@@ -102,11 +102,10 @@ def own_ranks(bb:Backbone, # the backbone
               feats:torch.Tensor, # the images' normalised features, in the captions' order
               updates:list=(), # text-encoder updates to apply (summed)
              )->torch.Tensor:
-    "The 1-based rank of each caption's own image among `feats` (tied scores count against it)."
+    "The 1-based rank of each caption's own image among `feats` (tied scores count against it): `caption_ranks`."
     if isinstance(captions, str) or len(captions) != len(feats):
         raise ValueError(f"one caption per image: {len(feats)} images, {'a single string' if isinstance(captions, str) else len(captions)} captions")
-    S = encode_text(bb, list(captions), list(updates)) @ feats.T
-    return (S >= S.diagonal()[:, None]).sum(1)
+    return caption_ranks(bb, captions, feats, updates)
 
 def recall_curve(ranks, # 1-based ranks, one per caption
                  ks=range(1, 51), # the cut-offs
