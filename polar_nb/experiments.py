@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from tqdm.auto import tqdm
 from .baselines import (Method, TextOnly, ImageOnly, AvgImText, TextualInversion, Polar, ConceptSet, SPLITS, PAPER_SUPPORT,
-                                concept_set, evaluate_queries, file_hash, settings_text, summarize)
+                                concept_set, evaluate_queries, file_hash, settings_text, summarize, _methods)
 from .clip import Backbone, atomic_write, content_hash, fingerprint
 from .config import get_settings
 from .metrics import metric_columns
@@ -70,13 +70,15 @@ def run_once(bench, bb:Backbone, m:Method, seed:int=0, # the benchmark, backbone
              cs:ConceptSet|None=None, # the run's support set (default: drawn with `n_support` and `seed`)
              n_support:int|str|None='paper', cache:bool|str|Path=True, ks=(1, 5, 10), ties:str='pessimistic',
              protocol:dict|None=None, # what else the run depends on (default: n_support, ks, ties)
+             name:str|None=None, # the method's name in the table (default: `m.name`)
             )->pd.DataFrame:
     "Method `m`'s per-query table for run `seed` (with a `seed` column), read from the cache when it is there."
     protocol = dict(n_support=n_support, ks=list(ks), ties=ties) if protocol is None else protocol
     n = sum(len(bench.queries(k)) for k in ('context', 'concept'))
     f = None if cache is False else (get_settings().cache_dir if cache is True else Path(cache))/'runs'/f'{_run_key(bench, bb, m, seed, protocol)}.json'
-    if f is not None and f.is_file() and (t := _read_run(f, n)) is not None: return t
-    t = evaluate_queries([m], bench, bb, cache=cache, ks=ks, ties=ties, n_support=n_support, support_seed=seed, concepts=cs).assign(seed=seed)
+    name = m.name if name is None else name  # the name is a label, not part of the run: a cached run takes the current one
+    if f is not None and f.is_file() and (t := _read_run(f, n)) is not None: return t.assign(method=name)
+    t = evaluate_queries([m], bench, bb, cache=cache, ks=ks, ties=ties, n_support=n_support, support_seed=seed, concepts=cs).assign(seed=seed, method=name)
     if f is not None: atomic_write(f, t.to_json(orient='records').encode())
     return t
 
@@ -120,11 +122,11 @@ def main_results(bench, bb:Backbone,
                  progress:bool=False,
                 ):
     "Mean and standard error over runs of every method's metrics per split: method, split, metric, mean, se, n_runs, n_queries, support."
-    methods = default_methods() if methods is None else list(methods)
+    named = _methods(default_methods() if methods is None else list(methods))  # methods sharing a name are told apart
     rows = []
     for s in tqdm(list(seeds), desc=f'runs on {bench.name}', disable=not progress):
         cs = concept_set(bench, bb, cache, n_support, s)
-        rows += [run_once(bench, bb, seeded(m, s), s, cs, n_support, cache, ks, ties) for m in methods]
+        rows += [run_once(bench, bb, seeded(m, s), s, cs, n_support, cache, ks, ties, name=n) for m, n in named]
     pq = pd.concat(rows, ignore_index=True)
     t = over_runs(tidy_runs(pq, exclude_concepts)).assign(support=support_note(bench, n_support))
     return (t, pq) if per_query else t
@@ -140,13 +142,13 @@ def single_image(bench, bb:Backbone, methods:list|None=None,
                  n_images:int|None=None, # how many runs (default: the most support images a concept has, at most 5)
                  cache:bool|str|Path=True, ks=(1, 5, 10), ties:str='pessimistic', per_query:bool=False, progress:bool=False):
     "Tab. 15's one-image setting: run i gives every concept its i-th support image; mean and standard deviation over runs."
-    methods = default_methods() if methods is None else list(methods)
+    named = _methods(default_methods() if methods is None else list(methods))
     full = concept_set(bench, bb, cache, n_support=None)
     n = n_images or min(5, max(len(v) for v in full.feats.values()))
     rows = []
     for i in tqdm(range(n), desc=f'one image on {bench.name}', disable=not progress):
         cs = one_image(full, i)
-        rows += [run_once(bench, bb, seeded(m, 0), i, cs, None, cache, ks, ties, dict(images=1, pick=i, ks=list(ks), ties=ties)) for m in methods]
+        rows += [run_once(bench, bb, seeded(m, 0), i, cs, None, cache, ks, ties, dict(images=1, pick=i, ks=list(ks), ties=ties), name=n) for m, n in named]
     pq = pd.concat(rows, ignore_index=True)
     t = over_runs(tidy_runs(pq), spread='std').assign(support='1 per concept (each of its images in turn)')
     return (t, pq) if per_query else t
