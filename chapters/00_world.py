@@ -1917,6 +1917,21 @@ for fmt in ('conconchi', 'pervl'):
 # %%
 import shutil; shutil.rmtree(tmp)
 
+
+# %% [markdown]
+# The users and photo collections of [Users and their photo collections](00_collections.ipynb) are
+# drawn from this world; `make_collections` is reached from here too.
+
+# %%
+#| export
+def __getattr__(name:str):
+    "`make_collections` (and the rest of `polar_nb.collections`), imported when first asked for."
+    if name in ('make_collections', 'Collections'):
+        from polar_nb import collections as c
+        return getattr(c, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # %%
 #| hide
 import nbdev; nbdev.nbdev_export()

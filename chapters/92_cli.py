@@ -1,7 +1,7 @@
 # %% [markdown]
 # # The command line
 #
-# > `polar-nb`: one command, one sub-command per job (`book`, `bench`).
+# > `polar-nb`: one command, one sub-command per job (`book`, `bench`, and `index`, `learn`, `search`, `concepts` for a photo library).
 
 # %%
 #| default_exp cli
@@ -27,7 +27,7 @@ from fastcore.test import test_eq, test_fail
 
 # %%
 #| export
-import argparse, sys
+import argparse, json, sys
 from pathlib import Path
 from polar_nb.config import check_device, get_settings
 
@@ -56,7 +56,7 @@ test_fail(lambda: _device('banana'), contains="device 'banana' is not one of: au
 
 # %%
 #| export
-BENCH_PARTS = ('personalization', 'exactness', 'scaling', 'multi', 'search')  # as polar_nb.bench.PARTS
+BENCH_PARTS = ('personalization', 'exactness', 'scaling', 'multi', 'search', 'faiss')  # as polar_nb.bench.PARTS
 
 def _parts(s:str)->tuple:
     "The comma-separated benchmark parts of `--parts` (all: every part)."
@@ -85,7 +85,60 @@ def _parser()->argparse.ArgumentParser:
     b.add_argument('--no-execute', action='store_true', help='render the outputs stored in the notebooks')
     b.add_argument('--timeout', type=_positive, default=1800, help='seconds allowed per cell')
     _bench_parser(sub)
+    _library_parsers(sub)
     return ap
+
+
+# %% [markdown]
+# ## Searching one's own photos
+#
+# Four commands drive a photo library ([Search your own photos](06_search.ipynb)):
+#
+# - `polar-nb index FOLDER`: index the photos of FOLDER (new and changed ones only; deleted ones
+#   leave the index);
+# - `polar-nb learn NAME IMAGE...`: learn a concept from its photos; NAME is then written in
+#   queries as itself ("fido on the beach");
+# - `polar-nb search "QUERY" [--k 20] [--html out.html] [--json]`: the best photos, one path and
+#   score a line (tab-separated), or a JSON list of `{"path", "score"}`; `--html` also writes a
+#   contact sheet (and a PNG beside it);
+# - `polar-nb concepts [list | remove NAME...]`.
+#
+# Every command but `index` (which names its folder) takes `--library FOLDER` (default: the
+# current folder); every command takes `--backbone` (default: the one the library was indexed
+# with, else the settings'). Results go to stdout, progress and messages to stderr. Exit status:
+# 0 done; 1 some photos could not be read (named on stderr; the others are indexed); 2 a usage
+# error or an error the library reports (one line).
+
+# %%
+#| export
+EXIT_UNREADABLE = 1  # `index`: some photos could not be read (the rest are indexed)
+LIB_EPILOG = ("exit status: 0 done; 1 some photos could not be read (named on stderr, the rest indexed); "
+              "2 usage error or library error")
+
+def _library_opts(p, folder:bool=True):
+    "The options every library command takes: --library (unless the folder is positional) and --backbone, --pretrained."
+    if folder: p.add_argument('--library', default='.', metavar='FOLDER', help='the photo folder (default: the current folder)')
+    p.add_argument('--backbone', default=None, help="backbone name (world-tiny, ViT-L-14, ...); default: the library's own, else the settings'")
+    p.add_argument('--pretrained', default=None, help='pretrained weights of an open_clip backbone (a tag such as openai, or a file)')
+    p.add_argument('--device', type=_device, default='auto', help='auto, cpu, cuda, cuda:N or mps')
+    return p
+
+def _library_parsers(sub):
+    "The photo-library sub-commands: index, learn, search, concepts."
+    kw = dict(epilog=LIB_EPILOG)
+    p = _library_opts(sub.add_parser('index', help='index (or update the index of) a folder of photos', **kw), folder=False)
+    p.add_argument('folder', help='the photo folder'); p.add_argument('--chunk', type=_positive, default=256, help='photos encoded and committed at a time')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p = _library_opts(sub.add_parser('learn', help='learn a personal concept from a few photos of it', **kw))
+    p.add_argument('name', help='the concept\'s name, written in queries as itself ("fido on the beach")')
+    p.add_argument('images', nargs='+', help='its photos'); p.add_argument('--iters', type=_positive, default=None, help="training steps (default: the backbone's)")
+    p = _library_opts(sub.add_parser('search', help='search the library in words; concept names are written as themselves', **kw))
+    p.add_argument('query'); p.add_argument('--k', type=_positive, default=20, help='results (default 20)')
+    p.add_argument('--html', default=None, help='also write a contact sheet (HTML, and a PNG beside it)')
+    p.add_argument('--json', action='store_true', help='print a JSON list of {"path", "score"}')
+    p.add_argument('--index', choices=('auto', 'flat', 'ivf', 'hnsw'), default='auto', help='auto (exact below 100,000 photos), flat (exact), ivf or hnsw (approximate)')
+    p = _library_opts(sub.add_parser('concepts', help='list the learned concepts, or remove some', **kw))
+    p.add_argument('action', nargs='?', choices=('list', 'remove'), default='list'); p.add_argument('names', nargs='*', help='concepts to remove')
 
 
 # %% [markdown]
@@ -94,6 +147,46 @@ def _parser()->argparse.ArgumentParser:
 # `KeyError`: bad settings, an unknown backbone, a missing data root) is printed as
 # `polar-nb: error: <message>` with exit status 2; `polar-nb --traceback ...` shows the whole
 # traceback instead.
+
+# %%
+#| export
+def _open(a:argparse.Namespace, folder:str):
+    "The library a command works on."
+    from polar_nb.library import PhotoLibrary
+    return PhotoLibrary.open(folder, backbone=a.backbone, pretrained=a.pretrained, device=a.device)
+
+def _index(a)->int:
+    "`polar-nb index`: update the index; 1 when some photos could not be read."
+    lib = _open(a, a.folder); r = lib.update(progress=not a.quiet, chunk=a.chunk)
+    for _, why in r.failed: print(f"polar-nb: {why}", file=sys.stderr)
+    print(f"{lib.folder}: {r}; {len(lib)} photos indexed with {lib.bb.name}", file=sys.stderr)
+    return EXIT_UNREADABLE if r.failed else 0
+
+def _search(a)->int:
+    "`polar-nb search`: the best photos on stdout (and a contact sheet)."
+    lib = _open(a, a.library); hits = lib.search(a.query, k=a.k, kind=a.index)
+    if a.json: print(json.dumps([dict(path=str(h.path), score=round(h.score, 6)) for h in hits], ensure_ascii=False))
+    else: print('\n'.join(f"{h.path}\t{h.score:.4f}" for h in hits))
+    if a.html: print(f"contact sheet: {' and '.join(map(str, lib.contact_sheet(hits, a.html, title=a.query)))}", file=sys.stderr)
+    return 0
+
+def _concepts(a)->int:
+    "`polar-nb concepts`: list the concepts (stdout), or remove some."
+    lib = _open(a, a.library)
+    if a.action == 'remove':
+        if not a.names: raise ValueError("concepts remove: name the concept(s) to remove")
+        for n in a.names: lib.forget(n); print(f"removed concept {n!r}", file=sys.stderr)
+        return 0
+    for _, r in lib.concepts().iterrows(): print(f"{r['name']}\t{r.photos} photos\t{r.backbone}")
+    return 0
+
+def _learn(a)->int:
+    "`polar-nb learn`: train and save a concept."
+    lib = _open(a, a.library); u = lib.learn(a.name, a.images, **({} if a.iters is None else dict(iters=a.iters)))
+    print(f"learned {a.name!r} from {u.meta['n_images']} photo(s) with {lib.bb.name}; search it as \"{a.name} ...\"", file=sys.stderr)
+    return 0
+
+LIBRARY_COMMANDS = dict(index=_index, learn=_learn, search=_search, concepts=_concepts)
 
 # %%
 #| export
@@ -109,6 +202,7 @@ def _run(a:argparse.Namespace)->int:
     if a.cmd == 'bench':
         from polar_nb.bench import run_bench
         run_bench(quick=a.quick, out=a.out, device=a.device, parts=a.parts, threads=a.threads, progress=a.progress)
+    if a.cmd in LIBRARY_COMMANDS: return LIBRARY_COMMANDS[a.cmd](a)
     return 0
 
 def main(argv=None):
@@ -188,6 +282,19 @@ with tempfile.TemporaryDirectory() as d, redirect_stdout(io.StringIO()) as print
 print(printed.getvalue().replace(d, '<folder>'))
 test_eq((r['profile'], list(r['settings'])), ('quick', ['exactness']))
 assert all(e['max_abs_err'] <= 1e-5 for e in r['exactness'])
+
+# %% [markdown]
+# The photo-library commands, and each one's help:
+
+# %%
+with redirect_stdout(io.StringIO()) as printed:
+    try: main(['search', '--help'])
+    except SystemExit as e: test_eq(e.code, 0)
+assert '--library FOLDER' in printed.getvalue() and 'exit status: 0 done; 1 some photos' in printed.getvalue()
+print(printed.getvalue())
+test_eq(exits(['search', 'a cup', '--k', '0'])[0], 2)
+code, err = exits(['search', 'a cup', '--library', '/no/such/folder'])
+test_eq(code, 2); assert 'photo folder /no/such/folder does not exist' in err, err
 
 # %%
 #| hide

@@ -208,13 +208,13 @@ class Polar(Method):
                  token:str='sks', # the concept token, shared by all concepts
                  word:str|None=None, # how a `*` is written (see `concept_word`)
                  templates:list[str]|None=None, # training templates with `*` (default: `TEMPLATES`)
-                 combine:str='sum', # a query's k concepts' updates: 'sum' (the paper) or 'mean' (each ΔW times 1/k)
-                 name:str|None=None, # its name in tables (default: 'POLAR', or 'POLAR (mean of updates)')
+                 combine:str='sum', # a query's k concepts' updates: 'sum' (the paper), 'mean' (each ΔW times 1/k), or another of `polar_nb.combine.STRATEGIES`
+                 name:str|None=None, # its name in tables (default: 'POLAR', 'POLAR (mean of updates)', or 'POLAR (<combine>)')
                  **kw, # other arguments of `personalize`: rank, param, layer, seed, exact, optimizer, ...
                 ):
-        if combine not in ('sum', 'mean'): raise ValueError(f"combine must be 'sum' or 'mean', not {combine!r}")
+        if combine not in ('sum', 'mean'): from polar_nb.combine import check_strategy; check_strategy(combine)
         self.hp, self.token, self.word, self.templates, self.combine = dict(lam=lam, iters=iters, lr=lr, **kw), token, word, templates, combine
-        self.name = name or ('POLAR (mean of updates)' if combine == 'mean' else 'POLAR')
+        self.name = name or ('POLAR (mean of updates)' if combine == 'mean' else 'POLAR' if combine == 'sum' else f'POLAR ({combine})')
         self.updates, self.words, self.counts = {}, {}, dict(trained=0, loaded=0)
 
     def settings(self): return dict(self.hp, token=self.token, word=self.word, templates=self.templates, combine=self.combine)
@@ -225,6 +225,7 @@ class Polar(Method):
         return {k: d.get(k) if v is None and k in ('lam', 'iters', 'lr') else v for k,v in self.hp.items()}
 
     def fit(self, bb, cs, cache=True, progress=False):
+        if self.combine == 'token': from polar_nb.combine import fit_token; return fit_token(self, bb, cs, cache, progress)
         root, hp = cache_root(cache), self.resolved(bb, cs.benchmark)
         weights = fingerprint(bb.model) if root else None
         self.updates, self.counts = {}, dict(trained=0, loaded=0)
@@ -254,6 +255,7 @@ class Polar(Method):
         "The updates a query holding `concepts` is encoded with: theirs, each ΔW divided by their number if `combine='mean'`."
         cc = list(dict.fromkeys(concepts))
         ups = [u for c in cc for u in self.text_updates(c)]
+        if self.combine not in ('sum', 'mean'): from polar_nb.combine import combine_updates; return combine_updates(ups, self.combine)
         return [replace(u, B=u.B / len(cc)) for u in ups] if self.combine == 'mean' and len(cc) > 1 else ups
 
 # %% ../nbs/04_baselines.ipynb #5e2bcf91

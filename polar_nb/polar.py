@@ -50,11 +50,23 @@ def _site(bb:Backbone, param:str, layer:int|None)->tuple[str, slice|None, bool]:
         return pre+'attn.in_proj_weight', slice(i*d, (i+1)*d), False
     return pre+dict(o='attn.out_proj.weight', mlp1='mlp.c_fc.weight', mlp2='mlp.c_proj.weight')[param], None, False
 
-def site_shape(bb:Backbone, param:str)->tuple[int,int]:
-    "(d_out, d_in) of the weight `param` as a linear map; B is [d_out, r], A is [r, d_in]."
-    name, rows, tr = _site(bb, param, bb.n_layers-1)
-    W = bb.model.get_parameter(name)
-    return (rows.stop-rows.start, W.shape[1]) if rows else tuple(W.T.shape if tr else W.shape)
+def _params(param:str|tuple)->tuple:
+    "The weights an update spans: (`param`,), or the tuple of them (of the attention and MLP weights; each once)."
+    ps = tuple(param) if isinstance(param, (tuple, list)) else (param,)
+    if not ps or any(p not in PARAMS for p in ps): raise ValueError(f"unknown param {param!r}; one of {list(PARAMS)} or a tuple of them")
+    if len(ps) > 1 and ('proj' in ps or len(set(ps)) < len(ps)): raise ValueError(
+        f"param {param!r}: an update spanning several weights takes each of q, k, v, o, mlp1, mlp2 at most once, and not proj")
+    return ps
+
+def site_shape(bb:Backbone, param:str|tuple)->tuple[int,int]:
+    "(d_out, d_in) of the weight `param` (of each weight of a tuple) as a linear map; B is [d_out, r], A is [r, d_in]."
+    shapes = {}
+    for p in _params(param):
+        name, rows, tr = _site(bb, p, bb.n_layers-1)
+        W = bb.model.get_parameter(name)
+        shapes[p] = (rows.stop-rows.start, W.shape[1]) if rows else tuple(W.T.shape if tr else W.shape)
+    if len(set(shapes.values())) > 1: raise ValueError(f"param {param!r}: one update spans weights of one shape, these have {shapes}")
+    return shapes[p]
 
 # %% ../nbs/03_polar.ipynb #4b61d081
 @dataclass(eq=False)
@@ -62,7 +74,7 @@ class LowRankUpdate:
     "A rank-r update ΔW = B·A of one weight of the text encoder, in one or several layers, for one concept token."
     A: torch.Tensor  # [rank, d_in], rows of unit norm ([n_layers, rank, d_in] for a list of layers)
     B: torch.Tensor  # [d_out, rank] ([n_layers, d_out, rank] for a list of layers)
-    param: str  # q, k, v, o, mlp1, mlp2 or proj
+    param: str|tuple  # q, k, v, o, mlp1, mlp2 or proj; or a tuple of weights of one shape, e.g. ('q', 'v')
     layer: int|list[int]|None  # index of the text layer (or a list of them); None for proj
     token: str  # the concept token, e.g. 'sks'
     backbone: str  # name of the backbone it was trained on
@@ -75,10 +87,16 @@ class LowRankUpdate:
     def rank(self)->int: return self.A.shape[-2]
     @property
     def layers(self)->list: return list(self.layer) if isinstance(self.layer, (list, tuple)) else [self.layer]
+    @property
+    def params(self)->tuple: return _params(self.param)
+    @property
+    def sites(self)->list: return [(p, l) for p in self.params for l in self.layers]
     def factors(self, device=None)->list[tuple]:
-        "(param, layer, A, B) for each layer the update touches."
+        "(param, layer, A, B) for each weight and layer the update touches."
         As, Bs = (self.A, self.B) if self.A.dim() == 3 else (self.A[None], self.B[None])
-        return [(self.param, l, a.to(device), b.to(device)) for l,a,b in zip(self.layers, As, Bs)]
+        if len(As) != len(self.sites) or len(Bs) != len(self.sites): raise ValueError(
+            f"update of {self.param!r}: A {tuple(self.A.shape)} and B {tuple(self.B.shape)} do not hold one factor pair per weight and layer ({len(self.sites)})")
+        return [(p, l, a.to(device), b.to(device)) for (p,l),a,b in zip(self.sites, As, Bs)]
     def delta(self, i:int=0)->torch.Tensor:
         "ΔW = B·A of the `i`-th layer, [d_out, d_in]."
         _, _, a, b = self.factors()[i]
@@ -99,17 +117,18 @@ def check(self:LowRankUpdate, bb:Backbone,
         f"{what} " + ("records no fingerprint of the weights it was trained on" if self.weights is None else
         f"was trained on other weights of {bb.name!r} (fingerprint {self.weights[:12]}…, this backbone's {fp[:12]}…)") +
         ": its embeddings would be wrong here; pass check_weights=False to apply it anyway")
-    if self.param != 'proj' and not all(isinstance(l, int) and 0 <= l < bb.n_layers for l in self.layers):
+    if 'proj' not in self.params and not all(isinstance(l, int) and 0 <= l < bb.n_layers for l in self.layers):
         raise ValueError(f"{what}: layers {self.layers} do not exist in {bb.name!r} ({bb.n_layers} layers)")
     d_out, d_in = site_shape(bb, self.param)
     if self.A.shape[-1] != d_in or self.B.shape[-2] != d_out or self.A.shape[-2] != self.B.shape[-1]: raise ValueError(
         f"{what}: A {tuple(self.A.shape)} and B {tuple(self.B.shape)} do not fit a [{d_out}, {d_in}] weight")
+    self.factors()  # one factor pair per weight and layer
     if not (torch.isfinite(self.A).all() and torch.isfinite(self.B).all()): raise ValueError(f"{what} has NaN or infinite factors")
     if (self.A.norm(dim=-1) - 1).abs().max() > 1e-4: raise ValueError(f"{what}: the rows of A must have unit norm")
 
 # %% ../nbs/03_polar.ipynb #9051f3e8
 def random_update(bb:Backbone, # the backbone it is for
-                  param:str='v', # which weight (see `PARAMS`)
+                  param:str|tuple='v', # which weight (see `PARAMS`), or a tuple of weights of one shape
                   layer:int|list[int]=-1, # layer index or list of indices (ignored for proj)
                   rank:int=1, # rank r
                   scale:float=1.0, # standard deviation of B's entries
@@ -120,14 +139,15 @@ def random_update(bb:Backbone, # the backbone it is for
     layers, many = _layers(bb, param, layer)
     g = torch.Generator().manual_seed(seed)
     d_out, d_in = site_shape(bb, param)
-    A = F.normalize(torch.randn(len(layers), rank, d_in, generator=g), dim=-1)
-    B = scale * torch.randn(len(layers), d_out, rank, generator=g)
+    n = len(_params(param)) * len(layers)
+    A = F.normalize(torch.randn(n, rank, d_in, generator=g), dim=-1)
+    B = scale * torch.randn(n, d_out, rank, generator=g)
     return _make_update(bb, A, B, param, layers, many, token)
 
 # %% ../nbs/03_polar.ipynb #c765986a
 def _layers(bb:Backbone, param:str, layer)->tuple[list, bool]:
     "The layer indices (non-negative) that `layer` names for `param`, and whether a list was given."
-    if param not in PARAMS: raise ValueError(f"unknown param {param!r}; one of {list(PARAMS)}")
+    _params(param)
     many = isinstance(layer, (list, tuple))
     if param == 'proj':
         if many and len(layer) > 1: raise ValueError("param 'proj' (the final projection) has no layers: give one layer or none")
@@ -140,9 +160,10 @@ def _layers(bb:Backbone, param:str, layer)->tuple[list, bool]:
     return ls, many
 
 def _make_update(bb, A, B, param, layers, many, token, history=(), meta=None)->LowRankUpdate:
-    "A `LowRankUpdate` from stacked factors [n_layers, ...] (squeezed for a single layer)."
+    "A `LowRankUpdate` from stacked factors [n_weights × n_layers, ...] (squeezed for a single weight and layer)."
     A, B = A.detach().float().cpu().contiguous(), B.detach().float().cpu().contiguous()
-    if not many: A, B = A[0], B[0]
+    if not many and len(A) == 1: A, B = A[0], B[0]
+    ps = _params(param); param = ps[0] if len(ps) == 1 else ps
     return LowRankUpdate(A, B, param, layers if many else layers[0], token, bb.name, bb.width, list(history), dict(meta or {}), fingerprint(bb.model))
 
 # %% ../nbs/03_polar.ipynb #3e39a95e
@@ -241,20 +262,21 @@ def eot_summaries(bb:Backbone, # the backbone
 
 # %% ../nbs/03_polar.ipynb #e56d9d09
 def _add_lowrank(y, x, fs):
-    "y + Σ (x Âᵀ) Bᵀ over the (A, B) pairs `fs`."
-    for A,B in fs: y = y + (x @ A.T) @ B.T
+    "y + Σ (x Âᵀ) Bᵀ over the (A, B) pairs `fs`; a pair with a leading row dimension (A [n, r, d]) applies row by row."
+    for A,B in fs: y = y + ((x @ A.T) @ B.T if A.dim() == 2 else torch.einsum('nr,nor->no', torch.einsum('nd,nrd->nr', x, A), B))
     return y
 
 def finish_eot(bb:Backbone, # the backbone
                S:dict, # `eot_summaries` of the texts
-               factors:list, # (param, layer, A, B) of the updates, all on the last layer (or proj)
+               factors:list, # (param, layer, A, B) of the updates, all on the last layer (or proj); A [n, r, d], B [n, d_out, r]: one pair per text
               )->torch.Tensor:
     "Unnormalised text embeddings [n, e] from the EOT summaries, with the low-rank updates applied."
     m = bb.model; blk = m.transformer.resblocks[-1]; at = blk.attn; H = at.num_heads
     f = {p: [(A, B) for q,_,A,B in factors if q == p] for p in PARAMS}
     o = S['o0']
     for A,B in f['v']:  # per head j: B_j (Â x̄_j)
-        o = o + torch.einsum('nhr,hcr->nhc', S['X'] @ A.T, B.view(H, -1, B.shape[-1])).flatten(1)
+        if A.dim() == 2: o = o + torch.einsum('nhr,hcr->nhc', S['X'] @ A.T, B.view(H, -1, B.shape[-1])).flatten(1)
+        else: o = o + torch.einsum('nhr,nhcr->nhc', torch.einsum('nhd,nrd->nhr', S['X'], A), B.view(len(B), H, -1, B.shape[-1])).flatten(1)
     a = _add_lowrank(at.out_proj(o), o, f['o'])
     y = S['h'] + blk.ls_1(a)
     z = blk.ln_2(y)
@@ -295,12 +317,15 @@ def encode_text(bb:Backbone, # the backbone
                 texts:str|list[str], # the queries
                 updates:list|LowRankUpdate|None=None, # updates to add (their ΔW are summed)
                 batch_size:int=256, # texts per forward pass
+                combine:str='sum', # how several updates combine: 'sum' (the paper), or another of `polar_nb.combine.STRATEGIES`
                )->torch.Tensor:
     "L2-normalised text embeddings [n, embed_dim] (float32, CPU), with the `updates` added to the weights."
     texts = [texts] if isinstance(texts, str) else list(texts)
     ups = _as_updates(updates)
     if ups: _check_tower(bb)
     for u in ups: u.check(bb)
+    if combine != 'sum' or any(u.meta.get('local') for u in ups):  # other strategies and token-local updates: polar_nb.combine
+        from polar_nb.combine import encode_combined; return encode_combined(bb, texts, ups, combine, batch_size)
     factors = [f for u in ups for f in u.factors(bb.device)]
     out = [torch.zeros(0, bb.embed_dim)]
     with torch.no_grad():
@@ -360,9 +385,10 @@ def _memo_batch(bb:Backbone, tokens:torch.Tensor, exact:bool)->dict:
     return c['batches'][key]
 
 def _trainer(bb:Backbone, tokens:torch.Tensor, param:str, layers:list, exact:bool):
-    "f(A, B) -> unnormalised embeddings of `tokens`, A and B stacked per layer."
-    fs = lambda A, B: [(param, l, a, b) for l,a,b in zip(layers, A, B)]
-    if _fast_ok(bb, fs([None]*len(layers), [None]*len(layers))):
+    "f(A, B) -> unnormalised embeddings of `tokens`, A and B stacked per weight and layer."
+    sites = [(p, l) for p in _params(param) for l in layers]
+    fs = lambda A, B: [(p, l, a, b) for (p,l),a,b in zip(sites, A, B)]
+    if _fast_ok(bb, fs([None]*len(sites), [None]*len(sites))):
         S = _memo_batch(bb, tokens, exact)
         return lambda A, B: finish_eot(bb, S, fs(A, B))
     if not exact: raise ValueError(f"exact=False (the official approximation) is implemented for the last layer's "
@@ -407,8 +433,8 @@ class TrainingDiverged(ValueError):
 def _site_norm(bb:Backbone, param:str, layers:list)->float:
     "The Frobenius norm of the weight(s) an update of `param` in `layers` changes."
     out = 0.
-    for l in layers:
-        name, rows, _ = _site(bb, param, l)
+    for p,l in [(p, l) for p in _params(param) for l in layers]:
+        name, rows, _ = _site(bb, p, l)
         W = bb.model.get_parameter(name)
         out += float((W if rows is None else W[rows]).detach().norm()**2)
     return math.sqrt(out)
@@ -424,7 +450,7 @@ def personalize(bb:Backbone, # the backbone (its weights are left untouched)
                 image_feats, # features [n, e] of the concept's training images (normalised here)
                 prompts:list[str]|None=None, # templates with `*` for the token, cycled over the images (default: `TEMPLATES`)
                 *, rank:int=1, # rank r of the update
-                param:str='v', # which weight: q, k, v, o, mlp1, mlp2 or proj
+                param:str|tuple='v', # which weight: q, k, v, o, mlp1, mlp2 or proj; or a tuple of weights of one shape, e.g. ('q', 'v')
                 layer:int|list[int]=-1, # text layer(s) updated
                 lam:float|None=None, # λ, weight of mean(B²) (default: the backbone's)
                 iters:int|None=None, # optimisation steps (default: the backbone's)
@@ -438,6 +464,7 @@ def personalize(bb:Backbone, # the backbone (its weights are left untouched)
                 seed:int=0, # seed of A's initialisation and of the sampling of negatives
                 progress:bool=False, # show a tqdm bar
                 check_divergence:bool=True, # raise `TrainingDiverged` when the run blows up
+                local:bool=False, # True: a token-local update, acting only through the positions holding `token` (`polar_nb.combine`)
                )->LowRankUpdate:
     "Learn a rank-`rank` update ΔW = B·A that makes prompts holding `token` match the images (POLAR, Eq. 6)."
     d = bb.defaults
@@ -454,11 +481,12 @@ def personalize(bb:Backbone, # the backbone (its weights are left untouched)
     (d_out, d_in), tokens = site_shape(bb, param), _prompt_tokens(bb, len(Y), token, prompts)
     if not 1 <= rank <= min(d_out, d_in): raise ValueError(f"rank {rank} for a [{d_out}, {d_in}] weight")
     g = torch.Generator().manual_seed(seed)
-    A0, B0 = _init_factors(d_out, d_in, rank, len(layers), g)
+    A0, B0 = _init_factors(d_out, d_in, rank, len(_params(param)) * len(layers), g)
     theta = nn.Parameter(torch.cat([A0.flatten(), B0.flatten()]).to(bb.device))  # one tensor: a cheaper optimiser step
     opt, hist = OPTIMIZERS[optimizer]([theta], lr=lr, weight_decay=weight_decay), []
     with _frozen(bb.model), torch.enable_grad():
-        f = _trainer(bb, tokens, param, layers, exact)
+        if local: from polar_nb.combine import local_trainer  # the token-local path (combine imports this module)
+        f = local_trainer(bb, tokens, token, param, layers, exact) if local else _trainer(bb, tokens, param, layers, exact)
         for it in tqdm(range(iters), desc=f'personalize {token}', disable=not progress):
             A, B = theta[:A0.numel()].view(A0.shape), theta[A0.numel():].view(B0.shape)
             E = F.normalize(f(F.normalize(A, dim=-1), B), dim=-1)
@@ -470,7 +498,7 @@ def personalize(bb:Backbone, # the backbone (its weights are left untouched)
                 f"training diverged at iteration {it} (lr {lr}, lam {lam}): {why}; try a smaller lr")
             opt.zero_grad(); loss.backward(); opt.step()
     meta = dict(lam=lam, iters=iters, lr=lr, rank=rank, seed=seed, exact=exact, optimizer=optimizer, weight_decay=weight_decay,
-                n_images=len(Y), n_negatives=0 if N is None else len(N), neg_weight=neg_weight, pretrained=bb.pretrained)
+                n_images=len(Y), n_negatives=0 if N is None else len(N), neg_weight=neg_weight, pretrained=bb.pretrained, **(dict(local=True) if local else {}))
     A, B = theta.detach()[:A0.numel()].view(A0.shape), theta.detach()[A0.numel():].view(B0.shape)
     if check_divergence and (why := _divergence(hist, float(B.norm()), _site_norm(bb, param, layers))): raise TrainingDiverged(
         f"training diverged after {iters} iterations (lr {lr}, lam {lam}): {why}; try a smaller lr")
@@ -482,7 +510,7 @@ FORMAT = 'polar-nb/lowrank-1'
 @patch
 def save(self:LowRankUpdate, path:str|Path)->Path:
     "Write the update to a safetensors file (factors + metadata)."
-    meta = dict(format=FORMAT, param=self.param, layer=json.dumps(self.layer), token=self.token, backbone=self.backbone,
+    meta = dict(format=FORMAT, param=json.dumps(list(self.param)) if isinstance(self.param, tuple) else self.param, layer=json.dumps(self.layer), token=self.token, backbone=self.backbone,
                 width=str(self.width), rank=str(self.rank), history=json.dumps(self.history), meta=json.dumps(self.meta),
                 weights=json.dumps(self.weights), checksum=content_hash([self.A, self.B]))
     return save_safetensors(dict(A=self.A, B=self.B), path, meta)
@@ -502,16 +530,18 @@ def load(cls:LowRankUpdate, path:str|Path, # a file written by `LowRankUpdate.sa
     except Exception as e: raise ValueError(f"{path} is not a safetensors file ({e})") from e
     if meta.get('format') != FORMAT or set(t) != {'A', 'B'}: raise ValueError(f"{path} is not a polar-nb low-rank update")
     try:
-        u = cls(t['A'], t['B'], meta['param'], json.loads(meta['layer']), meta['token'], meta['backbone'], int(meta['width']),
+        p = meta['param']; p = tuple(json.loads(p)) if p.startswith('[') else p
+        u = cls(t['A'], t['B'], p, json.loads(meta['layer']), meta['token'], meta['backbone'], int(meta['width']),
                 json.loads(meta['history']), json.loads(meta['meta']), json.loads(meta.get('weights', 'null')))
     except (KeyError, ValueError) as e: raise ValueError(f"{path}: malformed update metadata ({e})") from e
     if meta.get('checksum') != content_hash([u.A, u.B]): raise ValueError(
         f"{path}: its factors do not match the checksum they were saved with: the file is corrupt" if 'checksum' in meta else
         f"{path}: no checksum of its factors (not written by this version of polar-nb)")
     if not (torch.isfinite(u.A).all() and torch.isfinite(u.B).all()): raise ValueError(f"{path}: NaN or infinite factors")
-    many = isinstance(u.layer, list)
-    if (u.param not in PARAMS or u.A.dim() != 2+many or u.B.dim() != 2+many or u.rank != int(meta['rank'])
-        or u.B.shape[-1] != u.rank or (many and not len(u.layer) == len(u.A) == len(u.B))):
+    try: many = isinstance(u.layer, list) or len(u.params) > 1
+    except ValueError as e: raise ValueError(f"{path}: malformed update metadata ({e})") from e
+    if (u.A.dim() != 2+many or u.B.dim() != 2+many or u.rank != int(meta['rank'])
+        or u.B.shape[-1] != u.rank or (many and not len(u.sites) == len(u.A) == len(u.B))):
         raise ValueError(f"{path}: factors A {tuple(u.A.shape)}, B {tuple(u.B.shape)} do not match its metadata")
     if bb is not None:
         u.check(bb, check_weights)

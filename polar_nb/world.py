@@ -1216,3 +1216,11 @@ def make_benchmark(root:str|Path, # folder to write: absent, empty, or a world w
     "Write a world benchmark in the real on-disk format `fmt` under `root`; returns `root`."
     profile_sizes(fmt, profile)  # a clear error for an unknown format, profile or size; the writer checks the rest
     return (write_conconchi if fmt == 'conconchi' else write_pervl)(root, seed, profile, size)
+
+# %% ../nbs/00_world.ipynb #14e1f5c1
+def __getattr__(name:str):
+    "`make_collections` (and the rest of `polar_nb.collections`), imported when first asked for."
+    if name in ('make_collections', 'Collections'):
+        from polar_nb import collections as c
+        return getattr(c, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

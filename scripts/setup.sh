@@ -14,6 +14,6 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first, alone and exact: every later requirement is then satisfied by it, so nothing can pull
 # another (multi-GB CUDA) build. Where a local CPU wheel of 2.13.0 is offered (find-links), pip takes it.
 "${pip[@]}" "torch==2.13.0"
-"${pip[@]}" -c constraints.txt -e ".[dev]"
+"${pip[@]}" -c constraints.txt -e ".[dev,sweep]"
 echo "$want" > "$stamp"
 echo "polar-nb is installed in $root/.venv"

@@ -200,3 +200,33 @@ def test_backbone_untouched_at_the_end(bb, before):
     assert_same_state(bb, before)
     assert all(p.grad is None and p.requires_grad for p in bb.model.parameters())
     assert not bb.model.training
+
+def per_site(u):
+    "A multi-weight update as one single-weight, single-layer update per (weight, layer): what `reference` merges by hand."
+    As, Bs = (u.A, u.B) if u.A.dim() == 3 else (u.A[None], u.B[None])
+    return [dataclasses.replace(u, param=p, layer=l, A=a, B=b) for (p, l), a, b in zip(u.sites, As, Bs)]
+
+@pytest.mark.parametrize('params,layer,rank', [(('q', 'v'), -1, 1), (('q', 'k', 'v', 'o'), -1, 1), (('q', 'v'), [9, 10, 11], 2),
+                                               (('v', 'o'), -1, 1), (('mlp2',), [10, 11], 4), (('k', 'o'), [0, 11], 1)])
+def test_update_spanning_several_weights_exact(bb, before, base, params, layer, rank, tmp_path):
+    u = random_update(bb, params, layer=layer, rank=rank, scale=2.0, seed=5)
+    assert u.sites == [(p, l % 12) for p in params for l in (layer if isinstance(layer, list) else [layer])]
+    mine, ref = encode_text(bb, QUERIES, [u]), reference(bb, QUERIES, per_site(u))
+    assert (mine - ref).abs().max() < 1e-5 and (mine - base).abs().max() > 1e-3
+    back = LowRankUpdate.load(u.save(tmp_path/'u.safetensors'), bb)  # one file, one update
+    assert back.param == u.param and back.layer == u.layer and torch.equal(back.A, u.A) and torch.equal(back.B, u.B)
+    assert torch.equal(encode_text(bb, QUERIES, [back]), mine)
+    assert_same_state(bb, before)
+
+@pytest.mark.parametrize('params', [('q', 'v'), ('q', 'k', 'v', 'o'), ('v', 'o')])
+def test_training_several_weights_lowers_the_loss(bb, feats, params):
+    u = personalize(bb, feats, iters=10, lr=1e-2, lam=0.0, param=params)
+    assert u.param == params and u.A.shape == (len(params), 1, 512) and u.history[-1] < u.history[0]
+    assert (encode_text(bb, QUERIES, [u]) - reference(bb, QUERIES, per_site(u))).abs().max() < 1e-5
+
+def test_several_weights_bad_input(bb, feats):
+    with pytest.raises(ValueError, match='weights of one shape'): personalize(bb, feats, iters=1, param=('v', 'mlp1'))
+    with pytest.raises(ValueError, match='at most once'): random_update(bb, ('v', 'v'))
+    with pytest.raises(ValueError, match='not proj'): random_update(bb, ('v', 'proj'))
+    u = random_update(bb, ('q', 'v'))
+    with pytest.raises(ValueError, match='one factor pair per weight and layer'): dataclasses.replace(u, A=u.A[:1], B=u.B[:1]).check(bb)
