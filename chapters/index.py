@@ -110,4 +110,4 @@ test_eq(len(fig.axes), 2)
 # and weights that are not there are an immediate error saying where to put them
 # (`load_backbone(..., download=True)` fetches them when asked). On DeepFashion2 it trains as the
 # paper did (λ 0.1, 50 or 200 iterations, 5 support images drawn per concept), on ConCon-Chi with
-# λ 0.35 and 500 iterations. The chapter [Settings](00_config.ipynb) documents every key.
+# λ 0.35 and 500 iterations. The chapter [Settings](01_config.ipynb) documents every key.

@@ -57,13 +57,13 @@ def test_index_in_browser(book, browser):
     assert b.save_screenshot(str(SHOTS/'index.png'))
 
 def test_chapter_in_browser(book, browser):
-    b = _open(browser, book.parent/'00_config.html')
+    b = _open(browser, book.parent/'01_config.html')
     assert b.title.startswith('Settings')
     active = b.find_element('css selector', 'nav.book-sidebar li.active a')
     assert active.text == 'Settings'
     b.find_element('css selector', 'nav.book-sidebar li a').click()  # follow the sidebar to the home page
     assert Path(b.current_url).name == 'index.html'
-    b = _open(browser, book.parent/'00_config.html')
+    b = _open(browser, book.parent/'01_config.html')
     assert b.find_elements('css selector', '.jp-Cell-outputArea, .jp-OutputArea'), 'outputs are rendered'
     SHOTS.mkdir(parents=True, exist_ok=True)
-    assert b.save_screenshot(str(SHOTS/'00_config.png'))
+    assert b.save_screenshot(str(SHOTS/'01_config.png'))

@@ -7,7 +7,7 @@ from polar_nb.config import KEYS
 
 def test_layout(root):
     for p in ['nbs', 'polar_nb', 'data', 'tests', 'chapters', '_quarto.yml', 'settings.ini', 'pyproject.toml',
-              'README.md', 'constraints.txt', '.ci/run', 'nbs/index.ipynb', 'nbs/00_config.ipynb']:
+              'README.md', 'constraints.txt', '.ci/run', 'nbs/index.ipynb', 'nbs/01_config.ipynb']:
         assert (root/p).exists(), p
 
 def test_pyproject(root):

@@ -1,0 +1,404 @@
+# %% [markdown]
+# # The book, offline
+#
+# > How the chapters become the book in `_site/`: executed in order, rendered to HTML with a sidebar, readable with no network.
+
+# %% [markdown]
+# `_quarto.yml` defines this book for [Quarto](https://quarto.org): `quarto render` builds it
+# wherever Quarto is installed. The functions here build the same book from the same chapter list
+# with tools that install from PyPI alone (nbclient to execute, nbconvert to render), which is
+# what `polar-nb book` and the README's first command run. Each page is one self-contained HTML
+# file: figures are embedded, styles are inline, nothing is fetched when it is read.
+
+# %%
+#| default_exp book
+
+# %%
+#| hide
+from nbdev.showdoc import show_doc
+from fastcore.test import test_eq, test_fail
+
+# %%
+#| export
+import copy, html, re, tomllib
+from pathlib import Path
+import nbformat, yaml
+
+
+# %% [markdown]
+# ## The chapter list
+#
+# Quarto books list chapters under `book.chapters` (possibly grouped in `part`s) and
+# `book.appendices`; the reading order is theirs.
+
+# %%
+#| export
+def find_root(start:str|Path|None=None)->Path:
+    "The nearest folder at or above `start` holding `_quarto.yml`."
+    start = Path(start or Path.cwd()).resolve()
+    root = next((d for d in [start, *start.parents] if (d/'_quarto.yml').is_file()), None)
+    if root is None: raise FileNotFoundError(f"no _quarto.yml in {start} or any parent folder")
+    return root
+
+
+# %%
+#| export
+def _flatten(items)->list[str]:
+    "Chapter paths from a Quarto chapter list, parts flattened."
+    out = []
+    for it in items or []:
+        if isinstance(it, str): out.append(it)
+        elif isinstance(it, dict): out += ([it['file']] if 'file' in it else []) + _flatten(it.get('chapters'))
+    return out
+
+def book_config(root:str|Path)->dict:
+    "The book's title and chapter paths (absolute, in reading order) from `root/_quarto.yml`."
+    root = Path(root)
+    cfg = yaml.safe_load((root/'_quarto.yml').read_text(encoding='utf-8'))
+    if (cfg.get('project') or {}).get('type') != 'book': raise ValueError(f"{root/'_quarto.yml'} is not a Quarto book")
+    book = cfg['book']
+    paths = [root/p for p in _flatten(book.get('chapters')) + _flatten(book.get('appendices'))]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing: raise FileNotFoundError(f"chapters listed in _quarto.yml do not exist: {missing}")
+    return dict(title=book.get('title', root.name), chapters=paths)
+
+
+# %%
+cfg = book_config(find_root())
+test_eq(cfg['chapters'][0].name, 'index.ipynb')
+test_eq(Path('91_book.ipynb').resolve() in cfg['chapters'], True)
+cfg['title'], [p.name for p in cfg['chapters']]
+
+# %% [markdown]
+# Every notebook in `nbs/` is in the book, so no chapter can be forgotten:
+
+# %%
+test_eq(sorted(p.name for p in cfg['chapters']), sorted(p.name for p in Path('.').glob('[!_.]*.ipynb')))
+
+# %% [markdown]
+# ## Cell directives
+#
+# nbdev's `#| ...` comments say what a cell is: exported, hidden, or flagged `slow` / `cuda`
+# (the flags in `tst_flags`). The book honours them the way nbdev's own docs do.
+
+# %%
+#| export
+_DIRECTIVE = re.compile(r'^\s*#\s*\|\s*([\w-]+):?\s*(.*?)\s*$')
+
+def directives(cell)->dict:
+    "The `#| name args` directives at the top of `cell`, as {name: args}."
+    out = {}
+    for line in cell.get('source', '').splitlines():
+        m = _DIRECTIVE.match(line)
+        if m: out[m.group(1)] = m.group(2)
+        elif line.strip() and not line.lstrip().startswith('#'): break
+    return out
+
+
+# %%
+c = nbformat.v4.new_code_cell('#| slow\n# NBVAL_SKIP\n#| echo: false\nx = 1\n#| not-a-directive')
+test_eq(directives(c), {'slow': '', 'echo': 'false'})
+
+
+# %%
+#| export
+def skip_flags(root:str|Path)->set[str]:
+    "The flags (`tst_flags` of `[tool.nbdev]`) whose cells are skipped when executing."
+    cfg = tomllib.loads((Path(root)/'pyproject.toml').read_text(encoding='utf-8'))
+    return set(cfg.get('tool', {}).get('nbdev', {}).get('tst_flags', '').split())
+
+
+# %%
+test_eq(skip_flags(find_root()), {'slow', 'cuda'})
+
+
+# %% [markdown]
+# The test suite runs the chapters with nbval, which ignores nbdev's flags; a flagged cell must
+# therefore also carry `# NBVAL_SKIP`. This book checks its own chapters for that:
+
+# %%
+#| export
+def unmarked_flagged_cells(path:str|Path, flags:set[str])->list[int]:
+    "Indices of code cells in notebook `path` flagged with one of `flags` but lacking `# NBVAL_SKIP`."
+    nb = nbformat.read(path, as_version=4)
+    return [i for i,c in enumerate(nb.cells) if c.cell_type=='code' and set(directives(c)) & flags
+            and 'NBVAL_SKIP' not in c.source]
+
+
+# %%
+for p in cfg['chapters']: test_eq(unmarked_flagged_cells(p, skip_flags(find_root())), [])
+
+# %% [markdown]
+# ## Executing a chapter
+#
+# A chapter runs top to bottom in a fresh kernel, from its own folder (like nbdev and nbval), with
+# flagged cells skipped: they keep the outputs committed with the notebook (a GPU timing, say), so
+# the book still shows them.
+
+# %%
+#| export
+from nbclient import NotebookClient
+
+class FlagSkippingClient(NotebookClient):
+    "An nbclient executor that leaves code cells flagged with one of `skip` unexecuted."
+    def __init__(self, nb, skip=(), **kw):
+        super().__init__(nb, **kw)
+        self.skip = set(skip)
+
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        if cell.cell_type=='code' and set(directives(cell)) & self.skip: return cell
+        return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+
+
+# %%
+#| export
+def execute_chapter(src:str|Path, # the notebook to run
+                    dst:str|Path|None=None, # where to write the executed copy (None: don't write)
+                    skip=('slow', 'cuda'), # flags whose cells are not executed
+                    timeout:int=1800, # seconds allowed per cell
+                   )->nbformat.NotebookNode:
+    "Execute a copy of notebook `src` in a fresh kernel from its folder; `src` itself is not changed."
+    src = Path(src).resolve()
+    nb = nbformat.read(src, as_version=4)
+    FlagSkippingClient(nb, skip=skip, timeout=timeout, kernel_name='python3', extra_arguments=['--log-level=ERROR'],
+                       resources={'metadata': {'path': str(src.parent)}}).execute()
+    if dst: Path(dst).parent.mkdir(parents=True, exist_ok=True); nbformat.write(nb, dst)
+    return nb
+
+
+# %%
+import tempfile
+with tempfile.TemporaryDirectory() as d:
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('import os; print(os.path.basename(os.getcwd()))'),
+        nbformat.v4.new_code_cell('#| slow\n# NBVAL_SKIP\nraise RuntimeError("never runs")', outputs=[
+            nbformat.v4.new_output('stream', name='stdout', text='kept from an earlier run\n')]),
+        nbformat.v4.new_code_cell('6*7')])
+    nbformat.write(nb, Path(d)/'t.ipynb')
+    ran = execute_chapter(Path(d)/'t.ipynb', skip={'slow'})
+    test_eq(ran.cells[0].outputs[0].text.strip(), Path(d).name)
+    test_eq(ran.cells[1].outputs[0].text, 'kept from an earlier run\n')
+    test_eq(ran.cells[2].outputs[0].data['text/plain'], '42')
+
+# %% [markdown]
+# ## Rendering a chapter
+#
+# Before rendering, cells are prepared the way nbdev prepares its docs: `#| hide` cells go,
+# directive lines are removed from the code shown, `#| echo: false` hides a cell's code and
+# `#| output: false` its outputs.
+
+# %% [markdown]
+# Equations are written in TeX between `$…$` or `$$…$$`, as Quarto and Jupyter expect. The page
+# must read without fetching MathJax, so they are turned into MathML, which browsers render
+# natively; code spans and blocks are left alone.
+
+# %%
+#| export
+_CODE = re.compile(r'(```.*?```|`[^`\n]*`)', re.S)
+_MATH = re.compile(r'\$\$(.+?)\$\$|(?<![\\$\w])\$(?=\S)([^$\n]+?)(?<=\S)\$(?![\w$])', re.S)
+
+def tex_to_mathml(md:str)->str:
+    "Markdown `md` with its `$…$` / `$$…$$` TeX turned into MathML (code left alone; unparsable TeX kept)."
+    from latex2mathml.converter import convert
+    def conv(m):
+        tex, display = (m.group(1), 'block') if m.group(1) is not None else (m.group(2), 'inline')
+        try: return convert(tex.strip(), display=display)
+        except Exception: return m.group(0)
+    return ''.join(p if i%2 else _MATH.sub(conv, p) for i,p in enumerate(_CODE.split(md)))
+
+
+# %%
+out = tex_to_mathml('rank-1 $\\Delta W = B A$, cost `$HOME` and $5 or $6.\n$$\\lambda \\cdot \\text{mean}(B^2)$$')
+assert '<math' in out and 'display="block"' in out and '`$HOME`' in out and '$5 or $6' in out
+test_eq(out.count('<math'), 2)
+out
+
+
+# %% [markdown]
+# Chapters link to each other by notebook name (`[Settings](01_config.ipynb)`), which works in
+# Jupyter and in Quarto; in the rendered book such links point to the chapter's page.
+
+# %%
+#| export
+def page_name(path:Path)->str:
+    "The HTML file name of a chapter notebook."
+    return 'index.html' if path.stem=='index' else f'{path.stem}.html'
+
+
+# %%
+#| export
+_NB_LINK = re.compile(r'(\]\(|href=")(?![a-z]+://)([^)"#\s]*?)([\w.-]+)\.ipynb(#[^)"\s]*)?(?=[)"])')
+
+def nb_links_to_html(md:str)->str:
+    "Markdown `md` with relative links to notebooks turned into links to their pages."
+    return _NB_LINK.sub(lambda m: f'{m[1]}{m[2]}{page_name(Path(m[3]))}{m[4] or ""}', md)
+
+
+# %%
+test_eq(nb_links_to_html('see [Metrics](05_metrics.ipynb#ties), [home](index.ipynb) and [x](https://a.b/c.ipynb)'),
+        'see [Metrics](05_metrics.html#ties), [home](index.html) and [x](https://a.b/c.ipynb)')
+
+
+# %%
+#| export
+def for_reading(nb)->nbformat.NotebookNode:
+    "A copy of `nb` prepared for reading: hidden cells removed, directives stripped, tags for nbconvert."
+    nb = copy.deepcopy(nb)
+    cells = []
+    for c in nb.cells:
+        d = directives(c) if c.cell_type=='code' else {}
+        if 'hide' in d or d.get('include')=='false': continue
+        if c.cell_type=='code':
+            c.source = '\n'.join(l for l in c.source.splitlines()
+                                 if not _DIRECTIVE.match(l) and not l.strip().startswith('# NBVAL_')).strip('\n')
+            tags = c.metadata.setdefault('tags', [])
+            if d.get('echo')=='false' or not c.source: tags.append('remove_input')
+            if d.get('output')=='false': tags.append('remove_output')
+        else: c.source = nb_links_to_html(tex_to_mathml(c.source))
+        cells.append(c)
+    nb.cells = cells
+    return nb
+
+
+# %%
+c = [nbformat.v4.new_code_cell('#| hide\nsecret = 1'), nbformat.v4.new_code_cell('#| export\ndef f(): pass'),
+     nbformat.v4.new_code_cell('#| echo: false\nplot()'), nbformat.v4.new_markdown_cell('# Title')]
+r = for_reading(nbformat.v4.new_notebook(cells=c)).cells
+test_eq([x.source for x in r], ['def f(): pass', 'plot()', '# Title'])
+test_eq(r[1].metadata.tags, ['remove_input'])
+
+
+# %%
+#| export
+def chapter_title(nb)->str:
+    "The first H1 of the notebook's markdown, or its first line."
+    for c in nb.cells:
+        if c.cell_type=='markdown':
+            m = re.search(r'^#\s+(.+)$', c.source, flags=re.M)
+            if m: return m.group(1).strip()
+    return 'Untitled'
+
+
+# %%
+test_eq(chapter_title(nbformat.read('index.ipynb', as_version=4)), 'polar-nb')
+
+# %% [markdown]
+# The page template extends nbconvert's JupyterLab template: no script is loaded from a CDN
+# (RequireJS and MathJax are dropped; equations stay readable as TeX), and a sidebar lists every
+# chapter in order with the current one highlighted.
+
+# %%
+#| export
+_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block html_head_css -%}<style>
+nav.book-sidebar {position: fixed; top: 0; left: 0; bottom: 0; width: 250px; overflow-y: auto;
+  padding: 1.2em 1em; background: #f7f7f9; border-right: 1px solid #ddd; font-family: system-ui, sans-serif; font-size: 14px}
+nav.book-sidebar .book-title {display: block; font-weight: 700; font-size: 17px; margin-bottom: .8em; color: #222; text-decoration: none}
+nav.book-sidebar ol {padding-left: 1.4em; margin: 0} nav.book-sidebar li {margin: .35em 0}
+nav.book-sidebar a {color: #1a5fb4; text-decoration: none} nav.book-sidebar li.active > a {font-weight: 700; color: #000}
+body.jp-Notebook > main {margin-left: 270px; max-width: 1100px}
+.book-pager {display: flex; justify-content: space-between; margin: 2em 0 3em 0; font-family: system-ui, sans-serif}
+</style>{%- endblock html_head_css -%}
+{%- block body_header -%}{{ super() }}{{ resources.book_nav }}{%- endblock body_header -%}
+{%- block body_footer -%}{{ resources.book_pager }}{{ super() }}{%- endblock body_footer -%}
+"""
+
+
+# %%
+#| export
+def _nav(title:str, pages:list[tuple[str,str]], current:int)->str:
+    "The sidebar: the book title and an ordered list of (href, chapter title), `current` highlighted."
+    items = ''.join(f'<li class="{"active" if i==current else ""}"><a href="{html.escape(h)}">{html.escape(t)}</a></li>'
+                    for i,(h,t) in enumerate(pages))
+    return f'<nav class="book-sidebar"><a class="book-title" href="index.html">{html.escape(title)}</a><ol>{items}</ol></nav>'
+
+def _pager(pages, current)->str:
+    "Links to the previous and next chapters."
+    link = lambda i, arrow: (f'<a href="{html.escape(pages[i][0])}">{arrow}</a>' if 0 <= i < len(pages) else '<span></span>')
+    prev = link(current-1, '&larr; ' + html.escape(pages[current-1][1]) if current > 0 else '')
+    nxt = link(current+1, html.escape(pages[current+1][1]) + ' &rarr;' if current+1 < len(pages) else '')
+    return f'<div class="book-pager">{prev}{nxt}</div>'
+
+
+# %%
+test_eq(_nav('B', [('index.html', 'Home'), ('a.html', 'A')], 1).count('<li'), 2)
+assert 'class="active"><a href="a.html"' in _nav('B', [('index.html', 'Home'), ('a.html', 'A')], 1)
+assert 'A &rarr;' in _pager([('index.html', 'Home'), ('a.html', 'A')], 0)
+
+
+# %%
+#| export
+def render_chapter(nb, # an (executed) notebook
+                   book_title:str, # shown at the top of the sidebar
+                   pages:list[tuple[str,str]], # (href, title) of every chapter, in order
+                   current:int, # index of this chapter in `pages`
+                  )->str:
+    "One chapter as a self-contained HTML page with the book's sidebar."
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+    from traitlets.config import Config
+    c = Config()
+    c.TagRemovePreprocessor.enabled = True
+    c.TagRemovePreprocessor.remove_input_tags = {'remove_input'}
+    c.TagRemovePreprocessor.remove_all_outputs_tags = {'remove_output'}
+    c.HTMLExporter.exclude_input_prompt = c.HTMLExporter.exclude_output_prompt = True
+    ex = HTMLExporter(config=c, template_name='lab', template_file='polar_book.html.j2',
+                      extra_loaders=[DictLoader({'polar_book.html.j2': _TEMPLATE})])
+    res = {'book_nav': _nav(book_title, pages, current), 'book_pager': _pager(pages, current),
+           'metadata': {'name': f'{pages[current][1]} – {book_title}'}}
+    body, _ = ex.from_notebook_node(for_reading(nb), resources=res)
+    return body
+
+
+# %%
+page = render_chapter(nbformat.read('01_config.ipynb', as_version=4), 'The book', [('index.html', 'Home'), ('01_config.html', 'Settings')], 1)
+assert '<title>Settings – The book</title>' in page and 'class="book-sidebar"' in page
+assert 'https://cdn' not in page and '<script src="http' not in page  # nothing fetched to read it
+assert 'default_exp' not in page and 'NBVAL_SKIP' not in page  # directives are not shown
+len(page)
+
+
+# %% [markdown]
+# ## The whole book
+
+# %%
+#| export
+def render_book(root:str|Path|None=None, # the repository (default: found from the current folder)
+                out:str|Path='_site', # output folder, relative to `root`
+                execute:bool=True, # run every chapter first (else render the outputs stored in the notebooks)
+                timeout:int=1800, # seconds allowed per cell
+                progress:bool=True, # print one line per chapter
+               )->Path:
+    "Execute (optionally) and render every chapter of `_quarto.yml` to `out`; returns the index page."
+    root = find_root(root); cfg = book_config(root); out = (root/out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    nbs = []
+    for p in cfg['chapters']:
+        if progress: print(f"{'executing' if execute else 'reading'} {p.relative_to(root)}", flush=True)
+        nbs.append(execute_chapter(p, out/'notebooks'/p.name, skip=skip_flags(root), timeout=timeout)
+                   if execute else nbformat.read(p, as_version=4))
+    pages = [(page_name(p), chapter_title(nb)) for p,nb in zip(cfg['chapters'], nbs)]
+    for i,nb in enumerate(nbs): (out/pages[i][0]).write_text(render_chapter(nb, cfg['title'], pages, i), encoding='utf-8')
+    return out/'index.html'
+
+
+# %% [markdown]
+# Rendering this book from the outputs stored in its notebooks takes a few seconds; `polar-nb book`
+# executes every chapter first.
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    index = render_book(out=d, execute=False, progress=False)
+    pages = sorted(p.name for p in Path(d).glob('*.html'))
+    test_eq(len(pages), len(cfg['chapters']))
+    home = index.read_text()
+    for p in pages: assert f'href="{p}"' in home
+    assert 'data:image/png;base64' in home  # the home page's figure is embedded
+pages
+
+# %%
+#| hide
+import nbdev; nbdev.nbdev_export()
