@@ -4,8 +4,11 @@
 # > Where the data lives, which backbone runs, and which profile every chapter uses.
 
 # %% [markdown]
-# Every experiment in this book reads one small file, `settings.ini` at the root of the
-# repository. It names a *profile*: `small` runs everything on the package's own embedded world
+# Where does an experiment find its data, which backbone does it run, and at what size? The paper
+# has no section for this: its experiments (§4, with the settings of supplement §12) run on the real
+# benchmarks with ViT-L/14, and this chapter is how the book chooses between that setting and its
+# own embedded one. Every experiment in this book reads one small file, `settings.ini` at the root
+# of the repository. It names a *profile*: `small` runs everything on the package's own embedded world
 # and backbone (no download, a CPU is enough), `paper` runs the same code on ConCon-Chi,
 # PerVL DeepFashion2 and ViT-L-14, as in the paper. Environment variables override the file,
 # so a single run can switch profile without editing anything: `POLAR_PROFILE=paper`.
@@ -359,6 +362,18 @@ test_eq(resolve_device('cpu'), 'cpu')
 test_fail(lambda: resolve_device('banana'), contains="device 'banana' is not one of")
 test_eq(resolve_device(), 'cuda' if torch.cuda.is_available() else resolve_device('auto'))
 resolve_device()
+
+# %% [markdown]
+# ## In short
+#
+# - One file, `settings.ini`, names a profile: `small` (the embedded world and `world-tiny`, on a
+#   CPU) or `paper` (ConCon-Chi, PerVL DeepFashion2 and `ViT-L-14` with OpenAI's weights). The
+#   repository's own file resolves to profile `small`, backbone `world-tiny` and device `auto`, which
+#   is `cpu` on the machine that ran this chapter.
+# - `POLAR_<KEY>` overrides one key for one run, and `POLAR_SETTINGS` names another file.
+# - Every value is checked when it is read: an unknown key or `POLAR_` variable, an empty folder, a
+#   device torch does not name and a missing data root are refused with the key, where its value came
+#   from, and, for a data root, the layout expected.
 
 # %%
 #| hide

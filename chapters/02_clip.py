@@ -4,8 +4,10 @@
 # > Loading a CLIP backbone (any open_clip architecture, or the embedded one), tokenising prompts, and extracting cached, L2-normalised image features.
 
 # %% [markdown]
-# POLAR never changes the image encoder: every image of a benchmark is encoded once, and only the
-# text encoder is personalized. This chapter holds the two halves of that contract. A `Backbone`
+# Which CLIP does an experiment run, and how is each image encoded only once? POLAR never changes
+# the image encoder (the paper's §3): every image of a benchmark is encoded once, and only the text
+# encoder is personalized; the paper's experiments run CLIP's ViT-B/32 and ViT-L/14 (§4, supplement
+# §12). This chapter holds the two halves of that contract. A `Backbone`
 # bundles a CLIP model with its tokenizer and image preprocessing; `image_features` turns image
 # files (or PIL images) into normalised features, cached on disk so that each image is encoded once
 # per backbone.
@@ -676,6 +678,21 @@ with tempfile.TemporaryDirectory() as d:
     with ThreadPoolExecutor(4) as ex: outs = list(ex.map(lambda _: image_features(bb, pics, cache=Path(d)), range(4)))
     for o in outs: test_close(o, outs[0], eps=1e-6)
     test_eq(sorted(p.suffix for p in Path(d).rglob('*') if p.is_file()), ['.npy']*3)  # no temporary file left
+
+# %% [markdown]
+# ## What we found
+#
+# - open_clip's architectures load with seeded random weights (the same call gives the same model),
+#   and nothing is downloaded unless asked: a pretrained tag whose weights are not on the machine
+#   fails at once, naming the caches it looked in, and a file in open_clip's own cache loads with
+#   the tag's preprocessing and activation.
+# - `sks` is one BPE token of open_clip's tokenizer (id 48136), and a text is pooled at its EOT
+#   token, the largest id of its row ("A photo of sks" at position 5).
+# - A backbone made by this package is one safetensors file whose header keys are sorted, so the same
+#   content is the same bytes; `world-tiny` is such a file.
+# - Image features are cached under the image tower's fingerprint and each file's bytes. Unreadable
+#   images are named and the others encoded (2 of 3 in the check above), and a damaged cache entry
+#   (a zero vector above) is named in a warning and computed again.
 
 # %%
 #| hide

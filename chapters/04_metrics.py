@@ -4,8 +4,10 @@
 # > mRR, mAP, mAP@k and recall@k as the ConCon-Chi benchmark defines them, per query and averaged, checked against independent implementations.
 
 # %% [markdown]
-# A method scores every image of the pool for a query; the metrics only look at where the query's
-# positives land in the ranking. The definitions are those of the ConCon-Chi benchmark's
+# How is a ranking scored, exactly as the paper's tables score it? The paper (§4) reports mRR, mAP
+# and recall@k on ConCon-Chi and DeepFashion2, with the ConCon-Chi benchmark's definitions. A method
+# scores every image of the pool for a query; the metrics only look at where the query's positives
+# land in the ranking. The definitions are those of the ConCon-Chi benchmark's
 # `vlpers/utils/evaluation.py`, which POLAR's `utils.py` copies and uses for both benchmarks.
 # With $r_1 < r_2 < \dots < r_m$ the 1-based ranks of the $m$ positives among the candidates,
 # sorted by descending score:
@@ -299,6 +301,18 @@ tie_table
 test_eq(tie_table.loc['optimistic', 'mrr'] >= tie_table.loc['index', 'mrr'] >= tie_table.loc['pessimistic', 'mrr'], True)
 assert tie_table.loc['optimistic', 'mrr'] > tie_table.loc['pessimistic', 'mrr']  # the copies cost the pessimistic rule
 test_eq(tie_table.loc['index', 'mrr'], tie_table.loc['optimistic', 'mrr'])  # the originals come first in the pool here
+
+# %% [markdown]
+# ## What we found
+#
+# - The metrics agree with a brute-force walk down the ranking and with scikit-learn to within
+#   3.3e-16 on random rankings (pools of 1 to 400 images, 1 to 30 positives). With one positive per
+#   query, mRR is scikit-learn's label-ranking average precision and recall@k its top-k accuracy,
+#   with no difference at all over 500 queries of 200 images.
+# - Ties are where the conventions part. On a pool of 200 photos of which 40 are copied once, the
+#   same scores give mRR 0.5 and r@1 0 under the pessimistic rule (the default) and mRR 1.0 and r@1 1
+#   under the optimistic rule and index order. Real embeddings rarely tie; duplicated photos do, and
+#   the default never lets a method gain from them.
 
 # %%
 #| hide

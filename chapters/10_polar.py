@@ -4,6 +4,10 @@
 # > The method of Ryan et al. (CVPR 2025, §3 and supplement §9): a personal concept as a rank-one update of the last text layer's value projection, trained on the EOT row alone and exact to open_clip's own forward pass.
 
 # %% [markdown]
+# How does POLAR turn a few photos of a concept into a change of the text encoder, and can that
+# change be trained fast and still be exactly what open_clip computes? This chapter implements the
+# method of the paper's §3 (Eq. 6) and its negative term of supplement §9 (Eq. 9–10).
+#
 # A user shows the system a few photos of a personal concept ("my dog Fido") and then searches with
 # queries such as "sks on the beach", where the token `sks` stands for the concept. POLAR leaves the
 # image encoder $\psi_I$ and every image feature alone and changes the text encoder $\psi_T$ by a
@@ -1069,6 +1073,29 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(moved.meta['trained_on_weights'], fido.weights); encode_text(seed1, queries, [moved])
     del seed1
 back
+
+# %% [markdown]
+# ## What we found
+#
+# On a ViT-B-32 with random weights and random images (what is checked here is arithmetic, which
+# does not depend on the weights' values):
+#
+# - The EOT-row path is exact. For an update of every weight the paper ablates (Q, K, V, O, the two
+#   MLP layers, the final projection) and of combinations of them over several layers, `encode_text`
+#   matches open_clip's forward pass with the update merged into the weights to within 3e-7, while
+#   the updates move the embeddings by 0.005 to 0.17.
+# - It is fast: 5 images and 50 iterations take 284 ms on the CPU against 2,500 ms for re-running
+#   the last layer at every step (9×); the [timing chapter](27_timing.ipynb) measures that at full
+#   size.
+# - The official code's approximation (attention averaged over heads, no V bias) gives embeddings
+#   at a cosine of 0.9998 to 0.9999 to the exact ones, and trained factors at 0.99998.
+# - The toy personalization moves the concept's prompts towards its images ("A photo of sks." from
+#   a cosine of −0.012 to 0.103), and an unrelated prompt as far ("A photo of a dog." −0.005 to
+#   0.113): with random weights and random images there is nothing for the update to single out.
+#   What an update learns, and what it costs elsewhere, is measured on a trained backbone in the
+#   chapters that follow.
+# - The negative term pushes the prompt away from another concept's images (cosine 0.087 without
+#   it, −0.027 with it).
 
 # %%
 #| hide

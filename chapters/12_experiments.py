@@ -4,7 +4,10 @@
 # > Every result chapter in a few calls: methods × seeds × support draws, per-query results cached on disk, tidy tables with standard errors.
 
 # %% [markdown]
-# The paper's result tables repeat one procedure: for each of several runs, draw the support
+# How is each of the paper's result tables produced, run after run, without computing again what
+# is already known? The paper's result tables (§4; supplement §7, Tab. 10, for the standard errors
+# over five runs, and §10, Tab. 15, for one training image) repeat one procedure: for each of several
+# runs, draw the support
 # images of every concept, fit every method, score every query, and report the mean (and its
 # standard error, or the standard deviation) over runs. `main_results` does exactly that and
 # returns one tidy table: a row per method, split and metric, with the mean, the standard error
@@ -377,6 +380,18 @@ test_eq([len(r) for r in tk], [5, 5])
 assert all(a[1] >= b[1] for r in tk for a,b in zip(r, r[1:]))  # best first
 assert all(j in qs[0].candidates for j,_,_ in tk[0])  # concept-only queries rank single-concept images only
 fig = gallery(bench, [(f'image only: {bench.descriptions(q.concepts[0])["coarse"]} (concept {q.concepts[0]})', r) for q, r in zip(qs, tk)])
+
+# %% [markdown]
+# ## What we found
+#
+# - On a small ConCon-Chi-format world (seed 5), three runs give one tidy row per method, split and
+#   metric: the methods that learn nothing have a standard error of 0 over runs, and POLAR (30
+#   iterations here) 0.0034 of context mRR (0.631, against 0.756 for AvgIm+Text).
+# - The first call takes 4.9 s, the same call again 0.1 s, read from the cache with the same table; a
+#   damaged run file is named and run again, and a method under another name reads the same runs.
+# - On a PerVL-format world with 7 or 8 support images per concept each run draws 5 of them, as the
+#   paper does on DeepFashion2. With one support image per concept (each of the first three in turn)
+#   the image-only concept mAP of the ConCon-Chi-format world falls from 0.435 to 0.212.
 
 # %%
 #| hide

@@ -4,7 +4,8 @@
 # > The paper's Tab. 1/10 (DeepFashion2) and Tab. 9/15 (ConCon-Chi) on the embedded world: every method, five runs, mean ± standard error, beside the paper's numbers.
 
 # %% [markdown]
-# The paper's main comparison (§4, Tab. 1; supplement Tab. 10 adds standard errors over five runs)
+# Does POLAR find personal concepts better than the baselines, in the paper's own protocol? The
+# paper's main comparison (§4, Tab. 1; supplement Tab. 10 adds standard errors over five runs)
 # personalises CLIP on DeepFashion2 with five support images drawn at random per concept and run,
 # and reports context queries ("a person wearing *sks skirt* on the beach", mRR and recall@5) and
 # concept-only queries ("An image of *sks skirt*", mRR and mAP). On ConCon-Chi (Tab. 15, and
@@ -43,6 +44,7 @@ from polar_nb.paper import paper_table
 # sizes); on the `paper` profile they are the data roots of `settings.ini`.
 
 # %%
+# paper-map: setup
 s = get_settings()
 SEEDS = (0, 1, 2, 3, 4)
 if s.profile == 'paper':
@@ -153,6 +155,7 @@ assert cc_margin >= 0.15, cc_margin
 # leaves concepts out when there are some; here it shows what leaving out three concepts does.
 
 # %%
+# paper-map: tab9
 NAMES_9 = {'POLAR': 'Ours'}
 unseen = main_results(cc, bb, [Polar()], seeds=SEEDS, cache=cache, exclude_concepts=(0, 1, 2))
 pd.concat({'TEST (all 20 concepts)': ours(cc_res[cc_res.method == 'POLAR'], COLS_CC),
@@ -195,6 +198,7 @@ fig.tight_layout()
 # last is the concept with POLAR's lowest AP.
 
 # %%
+# paper-map: fig5
 cs = concept_set(df2, bb, cache)
 pol = Polar(seed=0).fit(bb, cs, cache)
 import torch
@@ -225,7 +229,7 @@ wins = pd.Series({'POLAR better': (wide['POLAR'] > wide['AvgIm+Text']).mean(), '
 wins.round(3)
 
 # %%
-from polar_nb.world import CONTEXTS
+from polar_nb.scenes import CONTEXTS
 texts = {q: t for q, t in zip(range(len(df2.queries('context'))), [q.text for q in df2.queries('context')])}
 def place(text):
     "The place a PerVL-world caption names (its person phrase), or 'none'."
@@ -283,6 +287,7 @@ pd.concat([df2_full.summary(), cc_full.summary()])
 # %%
 #| slow
 # NBVAL_SKIP
+# paper-map: tab10
 t0 = time.perf_counter()
 df2_full_res = main_results(df2_full, bb, seeds=SEEDS, cache=cache, progress=True)
 print(f"{len(SEEDS)} runs in {time.perf_counter() - t0:.0f} s (cached runs are read back); support: {df2_full_res.support.iloc[0]}")
@@ -291,6 +296,7 @@ ours(df2_full_res, COLS_DF2)
 # %%
 #| slow
 # NBVAL_SKIP
+# paper-map: tab15
 t0 = time.perf_counter()
 cc_full_res = main_results(cc_full, bb, seeds=SEEDS, cache=cache, progress=True)
 print(f"{len(SEEDS)} runs in {time.perf_counter() - t0:.0f} s (cached runs are read back); support: {cc_full_res.support.iloc[0]}")

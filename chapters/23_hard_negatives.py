@@ -62,6 +62,7 @@ from polar_nb.paper import paper_table
 # `paper` profile: the DeepFashion2 root of `settings.ini` and its backbone.
 
 # %%
+# paper-map: setup
 s = get_settings()
 tmp = Path(tempfile.mkdtemp())
 if s.profile == 'paper':
@@ -360,6 +361,7 @@ sc.pivot(index='lam_neg', columns='lam', values='score').round(3)
 # %%
 #| slow
 # NBVAL_SKIP
+# paper-map: tab14
 beside(res)
 
 # %%
@@ -376,6 +378,7 @@ fig = plot_grid(sc, 'Hard negatives on the validation split')
 # framed green where the photo shows the concept and red where it does not.
 
 # %%
+# paper-map: fig5-look-alikes
 full = 'pq' in globals()  # the slow cells ran
 R, PQ, SC = (res, pq, sc) if full else (res_ci, pq_ci, sc_ci)
 picked = test_settings(SC)[2:]  # the two rows whose λs were chosen on validation
@@ -430,7 +433,7 @@ print(f"closest pair: concepts {a} and {b}, cosine of their mean support images 
 #   uses them all, and only POLAR's initialisation and the draw of negatives change between runs.
 #
 # `personalize`'s own divergence check compares the loss with its start; with negatives that start
-# is near zero, and the check stopped one ordinary run of twenty, so `personalize_negs` checks the
+# is near zero, and the check stops one ordinary run of twenty, so `personalize_negs` checks the
 # size of the update instead.
 
 # %%

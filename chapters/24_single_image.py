@@ -4,7 +4,7 @@
 # > The paper's Tab. 15 (supplement §10) on the embedded world: every method personalised from a single support image per concept, beside the same methods with five.
 
 # %% [markdown]
-# The supplement's Tab. 15 asks how much POLAR needs its five training images: it learns each
+# The supplement's Tab. 15 (§10) asks how much POLAR needs its five training images: it learns each
 # ConCon-Chi concept from *one* of them, five times (once per image), and reports the mean and the
 # standard deviation over the five runs. With ViT-L/14 on real photos the answer is "little":
 # context mRR falls from 46.33 to 44.68 ± 0.61, concept-only mAP from 68.71 to 65.10 ± 0.96, and
@@ -47,6 +47,7 @@ from polar_nb.paper import paper_table, paper_value
 # backbone it names.
 
 # %%
+# paper-map: setup
 s = get_settings()
 SEEDS = (0, 1, 2, 3, 4)
 if s.profile == 'paper':
@@ -267,6 +268,7 @@ print(f"measured in {cc_secs + df2_secs:.0f} s (runs read from the cache where t
 # %%
 #| slow
 # NBVAL_SKIP
+# paper-map: tab15-one-image
 if s.profile == 'paper': full = {'ConCon-Chi': cc, 'DeepFashion2': df2}
 else: full = {'ConCon-Chi': ConConChi(make_benchmark(tmp/'conconchi-full', 'conconchi', seed=0, profile='full')),
               'DeepFashion2': PerVLDeepFashion2(make_benchmark(tmp/'pervl-full', 'pervl', seed=0, profile='full'))}

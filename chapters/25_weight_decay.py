@@ -4,7 +4,8 @@
 # > The supplement's Tab. 20 (§14) on the embedded world: Adam with weight decay and AdamW with its defaults in place of POLAR's unit-norm $A$ and penalty on $B$, with VLM-caption recall@10.
 
 # %% [markdown]
-# POLAR keeps its update small two ways: $A$ has unit norm (it is normalised in the forward pass)
+# Does weight decay, the usual way to keep an update small, do as well as POLAR's regulariser? POLAR
+# keeps its update small two ways: $A$ has unit norm (it is normalised in the forward pass)
 # and $\lambda\,\mathrm{mean}(B^2)$ penalises $B$ alone. Weight decay is the usual alternative, and
 # differs in two ways: it shrinks every trained parameter ($A$ as well as $B$), and it acts in the
 # optimiser's step rather than in the loss. The supplement (§14, Tab. 20) compares, on ConCon-Chi
@@ -49,6 +50,7 @@ from polar_nb.paper import paper_table
 # `settings.ini`.
 
 # %%
+# paper-map: setup
 s = get_settings()
 tmp = Path(tempfile.mkdtemp())
 if s.profile == 'paper':
@@ -224,6 +226,7 @@ sc.round(3)
 # %%
 #| slow
 # NBVAL_SKIP
+# paper-map: tab20
 beside(res, gk)
 
 # %%

@@ -4,7 +4,8 @@
 # > What a concept's update costs the text encoder everywhere else: VLM-caption recall, generic caption→image retrieval and retrieval with discriminative descriptions, with and without each update (supplement §13, Tab. 17–19).
 
 # %% [markdown]
-# POLAR changes one weight of the text encoder per concept: a rank-1 update of the value
+# What does a concept's update cost the text encoder on texts that never name the concept? POLAR
+# changes one weight of the text encoder per concept: a rank-1 update of the value
 # projection of its last layer, trained so that prompts holding `sks` land on the concept's photos.
 # The update is applied to every token of every text it encodes, not only to `sks`, so it may move
 # texts that never name the concept. The supplement (§13) measures that three ways, each with the
@@ -61,6 +62,7 @@ from polar_nb.metrics import metrics_table
 from polar_nb.paper import paper_table
 
 # %%
+# paper-map: setup
 s = get_settings()
 if s.profile == 'paper':
     bb = load_backbone(s.backbone, s.pretrained)
@@ -263,6 +265,7 @@ if generic is not None and s.profile != 'paper':
     test_eq(gcaps, generic_retrieval(len(gcaps), 0)[1])  # the first scenes of the held-out stream, as the defaults search draws them
 
 # %%
+# paper-map: tab18
 curves18, cost18 = {}, {}
 if generic is not None:
     gfeats = image_features(bb, gpaths, cache=cache, progress=False)
@@ -321,6 +324,7 @@ text_two
 # here the whole pool, and counts a hit when any of its positives is in the top k):
 
 # %%
+# paper-map: tab19
 t19 = {k: metrics_table(E @ w['pool'].T, ctx, ks=(1, 5, 10)).assign(n_concepts=[len(set(q.concepts)) for q in ctx])
        for k, E in (('original', E0), ('with the updates', E1))}
 R19 = ['r@1', 'r@5', 'r@10']
@@ -409,7 +413,7 @@ if 'conconchi' in curves17:
 # ## The price of λ
 #
 # How large an update grows is set by λ, the weight of POLAR's penalty on ‖B‖². `world-tiny`
-# ships λ = 0 (150 iterations at lr 0.01): the [world-tiny chapter](07_world_tiny.ipynb) chose it
+# ships λ = 0 (150 iterations at lr 0.01): the [world-tiny chapter](08_world_tiny.ipynb) chose it
 # on the PerVL world's validation split as the best-scoring setting whose *mean* drop of
 # caption→image recall@10 on held-out generic scenes stays within 0.02; the paper uses λ = 0.35 on
 # ConCon-Chi. The same measurement with larger λ, beside what each λ buys on the benchmark's own
@@ -447,6 +451,7 @@ price.round(3) if price is not None else None
 # %%
 #| slow
 # NBVAL_SKIP
+# paper-map: tab17
 cost17_full = {}
 if s.profile != 'paper':
     for b in (ConConChi(make_benchmark(tmp/'conconchi-full', 'conconchi', seed=0, profile='full')),

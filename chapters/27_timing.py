@@ -4,7 +4,8 @@
 # > How long a personal concept takes to learn (POLAR's fast exact path against the naive last-layer loop and textual inversion, after Tab. 16 of the paper), how the cost scales, how a batch of queries from many users is encoded in one pass, and how fast a million image features are searched, exactly on disk and approximately with faiss.
 
 # %% [markdown]
-# The paper's supplement (Tab. 16) times one personalization of ViT-L/14 on a V100: 5 images, 50
+# How long does a personal concept take to learn, and how fast is a search once it is learned? The
+# paper's supplement (§11, Tab. 16) times one personalization of ViT-L/14 on a V100: 5 images, 50
 # iterations, 219.54 ms for POLAR and 1,597.62 ms for textual inversion. Those two numbers are the
 # paper's; every other number in this chapter is measured when the chapter runs, on the machine
 # that runs it, and the machine is recorded with the results.
@@ -1191,6 +1192,7 @@ back['exactness']
 # %%
 #| slow
 # NBVAL_SKIP
+# paper-map: setup
 full = run_bench(quick=False, log=None)
 pd.Series(full['machine'])
 
@@ -1214,6 +1216,7 @@ full['speedups']
 # %%
 #| slow
 # NBVAL_SKIP
+# paper-map: tab16
 full['personalization'].round(1)
 
 # %% [markdown]
@@ -1317,7 +1320,27 @@ print(f"{machine_info()['cpu']}, {fa_full.faiss_threads[0]} faiss threads. At 10
 fa_full.round(3)
 
 # %% [markdown]
-# ## What we found: search
+# ## What we found
+#
+# From the full benchmark's stored outputs (a two-core AMD EPYC CPU; random-weight text towers, whose
+# timings are those of the real architectures):
+#
+# - **Personalization.** With 5 images and 50 iterations on ViT-L-14 the fast path takes 706 ms, the
+#   naive last-layer loop 5,977 ms (8.5×) and textual inversion 79,409 ms (112×; both slow methods
+#   with their later iterations charged at their median step); the paper's V100 gives 219.54 and
+#   1,597.62 ms (7.3×).
+#   The fast path's lead grows with the number of images: at 50 iterations it is 3.8–17.7× faster
+#   than the naive loop and 40–210× faster than textual inversion, and both goals (10× and 100×) hold
+#   only with 20 images (2 of 6 settings).
+# - **Exactness and scaling.** On ViT-L-14 the fast path matches open_clip with the update merged to
+#   within 1.0e-7, for a change of 0.011. With 5 images at width 768 its setup takes 174 ms and one
+#   iteration 12.2 ms, so the iterations dominate from about 14 on; the rank hardly matters (slope
+#   0.06 from rank 1 to 64), the width does (slope 1.35 from 256 to 1024).
+# - **Multi-tenant queries.** 256 queries carrying 255 updates of 16 users are encoded at 91.9
+#   queries/s in one batched pass, 4.74× open_clip's `encode_text` with no update at all (19.4/s) and
+#   0.87× the same pass without updates, to within 2.2e-7 of encoding each query alone.
+#
+# Search:
 #
 # - On this two-core machine, with a batch of 200 queries, faiss's exact `IndexFlatIP` searches
 #   a million 768-dimensional features in about 10 ms per query and `topk_scan` over the fp16

@@ -28,8 +28,10 @@ import nbformat, yaml
 # %% [markdown]
 # ## The chapter list
 #
-# Quarto books list chapters under `book.chapters` (possibly grouped in `part`s) and
-# `book.appendices`; the reading order is theirs.
+# Quarto books list chapters under `book.chapters`, possibly grouped in `part`s, and
+# `book.appendices`; the reading order is theirs. `book_config` gives both the flat reading order
+# (`chapters`) and its grouping (`parts`): a list of (title, chapter paths), where chapters outside
+# any part (the home page) have the title `None` and the appendices are the part "Appendices".
 
 # %%
 #| export
@@ -45,22 +47,35 @@ def find_root(start:str|Path|None=None)->Path:
 #| export
 def _flatten(items)->list[str]:
     "Chapter paths from a Quarto chapter list, parts flattened."
+    return [p for _, ps in _group(items) for p in ps]
+
+def _group(items)->list[tuple]:
+    "A Quarto chapter list as (part title or None, [chapter paths]); chapters outside parts are grouped in order."
     out = []
     for it in items or []:
-        if isinstance(it, str): out.append(it)
-        elif isinstance(it, dict): out += ([it['file']] if 'file' in it else []) + _flatten(it.get('chapters'))
+        if isinstance(it, str) or (isinstance(it, dict) and 'part' not in it):
+            path = it if isinstance(it, str) else it.get('file') or it.get('href')
+            if path is None: continue
+            if not out or out[-1][0] is not None: out.append((None, []))
+            out[-1][1].append(path)
+        elif isinstance(it, dict):
+            title, paths = it['part'], _flatten(it.get('chapters'))
+            if str(title).endswith(('.qmd', '.md', '.ipynb')): paths = [title] + paths  # a part page: a chapter of its own
+            out.append((str(title), paths))
     return out
 
 def book_config(root:str|Path)->dict:
-    "The book's title and chapter paths (absolute, in reading order) from `root/_quarto.yml`."
+    "The book's title, chapter paths (absolute, in reading order) and parts ((title, paths), appendices last) from `root/_quarto.yml`."
     root = Path(root)
     cfg = yaml.safe_load((root/'_quarto.yml').read_text(encoding='utf-8'))
     if (cfg.get('project') or {}).get('type') != 'book': raise ValueError(f"{root/'_quarto.yml'} is not a Quarto book")
     book = cfg['book']
-    paths = [root/p for p in _flatten(book.get('chapters')) + _flatten(book.get('appendices'))]
+    parts = _group(book.get('chapters')) + ([('Appendices', _flatten(book.get('appendices')))] if book.get('appendices') else [])
+    parts = [(t, [root/p for p in ps]) for t, ps in parts]
+    paths = [p for _, ps in parts for p in ps]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing: raise FileNotFoundError(f"chapters listed in _quarto.yml do not exist: {missing}")
-    return dict(title=book.get('title', root.name), chapters=paths)
+    return dict(title=book.get('title', root.name), chapters=paths, parts=parts)
 
 
 # %%
@@ -68,6 +83,30 @@ cfg = book_config(find_root())
 test_eq(cfg['chapters'][0].name, 'index.ipynb')
 test_eq(Path('91_book.ipynb').resolve() in cfg['chapters'], True)
 cfg['title'], [p.name for p in cfg['chapters']]
+
+# %% [markdown]
+# The parts, in order, each with its chapters; read one after the other they are the chapter list:
+
+# %%
+test_eq([t for t, _ in cfg['parts']], [None, 'Foundations', 'The method', "The paper's results", 'Beyond the paper', 'Appendices'])
+test_eq([p for _, ps in cfg['parts'] for p in ps], cfg['chapters'])
+test_eq([p.name for p in cfg['parts'][-1][1]], [p.name for p in sorted(Path('.').glob('9[0-9]_*.ipynb'))])
+{t: [p.name for p in ps] for t, ps in cfg['parts']}
+
+# %% [markdown]
+# A list that mixes loose chapters, parts (one of them a part page) and appendices keeps its order:
+
+# %%
+import tempfile
+with tempfile.TemporaryDirectory() as d:
+    for n in ['a', 'b', 'c', 'p', 'x', 'z']: (Path(d)/f'{n}.ipynb').touch()
+    (Path(d)/'_quarto.yml').write_text(yaml.safe_dump({'project': {'type': 'book'}, 'book': {'title': 'T',
+        'chapters': ['a.ipynb', {'part': 'One', 'chapters': ['b.ipynb']}, {'part': 'p.ipynb', 'chapters': ['c.ipynb']}, 'x.ipynb'],
+        'appendices': ['z.ipynb']}}))
+    toy = book_config(d)
+    test_eq([(t, [p.name for p in ps]) for t, ps in toy['parts']],
+            [(None, ['a.ipynb']), ('One', ['b.ipynb']), ('p.ipynb', ['p.ipynb', 'c.ipynb']), (None, ['x.ipynb']), ('Appendices', ['z.ipynb'])])
+    test_eq([p.name for p in toy['chapters']], ['a.ipynb', 'b.ipynb', 'p.ipynb', 'c.ipynb', 'x.ipynb', 'z.ipynb'])
 
 # %% [markdown]
 # Every notebook in `nbs/` is in the book, so no chapter can be forgotten:
@@ -167,7 +206,6 @@ def execute_chapter(src:str|Path, # the notebook to run
 
 
 # %%
-import tempfile
 with tempfile.TemporaryDirectory() as d:
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell('import os; print(os.path.basename(os.getcwd()))'),
@@ -216,7 +254,8 @@ out
 
 # %% [markdown]
 # Chapters link to each other by notebook name (`[Settings](01_config.ipynb)`), which works in
-# Jupyter and in Quarto; in the rendered book such links point to the chapter's page.
+# Jupyter and in Quarto; in the rendered book such links point to the chapter's page, in markdown
+# cells and in the HTML or Markdown a cell displays (a table that links to chapters).
 
 # %%
 #| export
@@ -254,6 +293,9 @@ def for_reading(nb)->nbformat.NotebookNode:
             tags = c.metadata.setdefault('tags', [])
             if d.get('echo')=='false' or not c.source: tags.append('remove_input')
             if d.get('output')=='false': tags.append('remove_output')
+            for o in c.get('outputs', []):  # a table's links to chapters, as in markdown
+                for k in ('text/html', 'text/markdown'):
+                    if k in o.get('data', {}): o['data'][k] = nb_links_to_html(o['data'][k])
         else: c.source = nb_links_to_html(tex_to_mathml(c.source))
         cells.append(c)
     nb.cells = cells
@@ -266,6 +308,8 @@ c = [nbformat.v4.new_code_cell('#| hide\nsecret = 1'), nbformat.v4.new_code_cell
 r = for_reading(nbformat.v4.new_notebook(cells=c)).cells
 test_eq([x.source for x in r], ['def f(): pass', 'plot()', '# Title'])
 test_eq(r[1].metadata.tags, ['remove_input'])
+c = nbformat.v4.new_code_cell('t', outputs=[nbformat.v4.new_output('execute_result', {'text/html': '<a href="21_main_results.ipynb">21</a>'})])
+test_eq(for_reading(nbformat.v4.new_notebook(cells=[c])).cells[0].outputs[0].data['text/html'], '<a href="21_main_results.html">21</a>')
 
 
 # %%
@@ -285,7 +329,8 @@ test_eq(chapter_title(nbformat.read('index.ipynb', as_version=4)), 'polar-nb')
 # %% [markdown]
 # The page template extends nbconvert's JupyterLab template: no script is loaded from a CDN
 # (RequireJS and MathJax are dropped; equations stay readable as TeX), and a sidebar lists every
-# chapter in order with the current one highlighted.
+# chapter in order under the title of its part, with the current one highlighted. Chapters are
+# numbered across parts, as Quarto numbers them; appendices are lettered.
 
 # %%
 #| export
@@ -297,7 +342,9 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 nav.book-sidebar {position: fixed; top: 0; left: 0; bottom: 0; width: 250px; overflow-y: auto;
   padding: 1.2em 1em; background: #f7f7f9; border-right: 1px solid #ddd; font-family: system-ui, sans-serif; font-size: 14px}
 nav.book-sidebar .book-title {display: block; font-weight: 700; font-size: 17px; margin-bottom: .8em; color: #222; text-decoration: none}
-nav.book-sidebar ol {padding-left: 1.4em; margin: 0} nav.book-sidebar li {margin: .35em 0}
+nav.book-sidebar .book-part-title {font-size: 12px; font-weight: 700; text-transform: uppercase; letter-spacing: .04em;
+  color: #555; margin: 1.1em 0 .3em 0}
+nav.book-sidebar ol {padding-left: 1.8em; margin: 0} nav.book-sidebar li {margin: .35em 0}
 nav.book-sidebar a {color: #1a5fb4; text-decoration: none} nav.book-sidebar li.active > a {font-weight: 700; color: #000}
 body.jp-Notebook > main {margin-left: 270px; max-width: 1100px}
 .book-pager {display: flex; justify-content: space-between; margin: 2em 0 3em 0; font-family: system-ui, sans-serif}
@@ -309,11 +356,26 @@ body.jp-Notebook > main {margin-left: 270px; max-width: 1100px}
 
 # %%
 #| export
-def _nav(title:str, pages:list[tuple[str,str]], current:int)->str:
-    "The sidebar: the book title and an ordered list of (href, chapter title), `current` highlighted."
-    items = ''.join(f'<li class="{"active" if i==current else ""}"><a href="{html.escape(h)}">{html.escape(t)}</a></li>'
-                    for i,(h,t) in enumerate(pages))
-    return f'<nav class="book-sidebar"><a class="book-title" href="index.html">{html.escape(title)}</a><ol>{items}</ol></nav>'
+def _items(pages, idx, current)->str:
+    "The `<li>` links of the pages `idx`, `current` highlighted."
+    return ''.join(f'<li class="{"active" if i==current else ""}"><a href="{html.escape(pages[i][0])}">{html.escape(pages[i][1])}</a></li>'
+                   for i in idx)
+
+def _nav(title:str, # the book's title
+         pages:list[tuple[str,str]], # (href, chapter title) of every chapter, in order
+         current:int, # the index of the page shown
+         parts:list[tuple]|None=None, # (part title or None, [page indices]) covering `pages` in order; None: one list
+        )->str:
+    "The sidebar: the book title, then each part's title over its chapters, `current` highlighted."
+    parts = parts or [(None, list(range(len(pages))))]
+    body, n = '', 1
+    for t, idx in parts:
+        appendix = t == 'Appendices'
+        ol = f'<ol type="A">' if appendix else f'<ol start="{n}">'
+        head = f'<h2 class="book-part-title">{html.escape(t)}</h2>' if t else ''
+        body += f'<div class="book-part">{head}{ol}{_items(pages, idx, current)}</ol></div>'
+        if not appendix: n += len(idx)
+    return f'<nav class="book-sidebar"><a class="book-title" href="index.html">{html.escape(title)}</a>{body}</nav>'
 
 def _pager(pages, current)->str:
     "Links to the previous and next chapters."
@@ -328,6 +390,19 @@ test_eq(_nav('B', [('index.html', 'Home'), ('a.html', 'A')], 1).count('<li'), 2)
 assert 'class="active"><a href="a.html"' in _nav('B', [('index.html', 'Home'), ('a.html', 'A')], 1)
 assert 'A &rarr;' in _pager([('index.html', 'Home'), ('a.html', 'A')], 0)
 
+# %% [markdown]
+# With parts, each part's title heads its chapters; numbering runs on across parts, and the
+# appendices are lettered:
+
+# %%
+toy_pages = [('index.html', 'Home'), ('a.html', 'A'), ('b.html', 'B'), ('z.html', 'Z')]
+nav = _nav('B', toy_pages, 2, [(None, [0]), ('Part one', [1, 2]), ('Appendices', [3])])
+test_eq(re.findall(r'<h2 class="book-part-title">([^<]*)</h2>', nav), ['Part one', 'Appendices'])
+test_eq(re.findall(r'<ol[^>]*>', nav), ['<ol start="1">', '<ol start="2">', '<ol type="A">'])
+assert nav.index('Part one') < nav.index('href="a.html"') < nav.index('Appendices') < nav.index('href="z.html"')
+assert 'class="active"><a href="b.html"' in nav
+nav
+
 
 # %%
 #| export
@@ -335,6 +410,7 @@ def render_chapter(nb, # an (executed) notebook
                    book_title:str, # shown at the top of the sidebar
                    pages:list[tuple[str,str]], # (href, title) of every chapter, in order
                    current:int, # index of this chapter in `pages`
+                   parts:list[tuple]|None=None, # (part title or None, [indices into `pages`]); None: no parts
                   )->str:
     "One chapter as a self-contained HTML page with the book's sidebar."
     from jinja2 import DictLoader
@@ -347,7 +423,7 @@ def render_chapter(nb, # an (executed) notebook
     c.HTMLExporter.exclude_input_prompt = c.HTMLExporter.exclude_output_prompt = True
     ex = HTMLExporter(config=c, template_name='lab', template_file='polar_book.html.j2',
                       extra_loaders=[DictLoader({'polar_book.html.j2': _TEMPLATE})])
-    res = {'book_nav': _nav(book_title, pages, current), 'book_pager': _pager(pages, current),
+    res = {'book_nav': _nav(book_title, pages, current, parts), 'book_pager': _pager(pages, current),
            'metadata': {'name': f'{pages[current][1]} – {book_title}'}}
     body, _ = ex.from_notebook_node(for_reading(nb), resources=res)
     return body
@@ -366,6 +442,13 @@ len(page)
 
 # %%
 #| export
+def _page_parts(cfg, pages)->list[tuple]:
+    "`cfg['parts']` as (title, [page indices]); a part named by its own page takes that page's title."
+    idx = {p: i for i,p in enumerate(cfg['chapters'])}
+    named = {p.name: pages[i][1] for p,i in idx.items()}
+    return [(named.get(Path(t).name, t) if t else t, [idx[p] for p in ps]) for t, ps in cfg['parts']]
+
+
 def render_book(root:str|Path|None=None, # the repository (default: found from the current folder)
                 out:str|Path='_site', # output folder, relative to `root`
                 execute:bool=True, # run every chapter first (else render the outputs stored in the notebooks)
@@ -381,7 +464,8 @@ def render_book(root:str|Path|None=None, # the repository (default: found from t
         nbs.append(execute_chapter(p, out/'notebooks'/p.name, skip=skip_flags(root), timeout=timeout)
                    if execute else nbformat.read(p, as_version=4))
     pages = [(page_name(p), chapter_title(nb)) for p,nb in zip(cfg['chapters'], nbs)]
-    for i,nb in enumerate(nbs): (out/pages[i][0]).write_text(render_chapter(nb, cfg['title'], pages, i), encoding='utf-8')
+    parts = _page_parts(cfg, pages)
+    for i,nb in enumerate(nbs): (out/pages[i][0]).write_text(render_chapter(nb, cfg['title'], pages, i, parts), encoding='utf-8')
     return out/'index.html'
 
 
@@ -396,6 +480,8 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(len(pages), len(cfg['chapters']))
     home = index.read_text()
     for p in pages: assert f'href="{p}"' in home
+    heads = [html.unescape(t) for t in re.findall(r'<h2 class="book-part-title">([^<]*)</h2>', home)]
+    test_eq(heads, [t for t, _ in cfg['parts'] if t])  # the parts head the sidebar
     assert 'data:image/png;base64' in home  # the home page's figure is embedded
 pages
 

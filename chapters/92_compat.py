@@ -4,8 +4,9 @@
 # > A two-line workaround, active only on one exact error, so that open_clip imports with the CPU build of torch.
 
 # %% [markdown]
-# `open_clip` needs torchvision, and the one torchvision release that accepts torch 2.13.0 on PyPI
-# is a CUDA build. With the CPU build of torch its import stops at
+# Why does open_clip not import with the CPU build of torch, and what is the smallest fix? This is
+# infrastructure, with no section of the paper behind it. `open_clip` needs torchvision, and the one
+# torchvision release that accepts torch 2.13.0 on PyPI is a CUDA build. With the CPU build of torch its import stops at
 # `RuntimeError: operator torchvision::nms does not exist`: torchvision registers fake (meta)
 # kernels for its C++ operators, whose schemas the CPU torch never loaded. `polar_nb.compat`
 # defines exactly those two schemas (`nms`, `qnms`) on that error, and only on it, then imports
@@ -61,6 +62,13 @@ tv.__version__, open_clip.__version__
 
 # %% [markdown]
 # Any other import error is left alone: the workaround never hides a different problem.
+
+# %% [markdown]
+# ## In short
+#
+# `import_open_clip` imports open_clip with the CPU build of torch by defining two of torchvision's
+# operator schemas (`nms`, `qnms`) on exactly the error their absence raises, and on no other. No
+# operator gets an implementation, and any other import error is raised as it is.
 
 # %%
 #| hide

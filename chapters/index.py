@@ -20,6 +20,9 @@
 # the embeddings of a user's whole photo collection and predicts a warping of their query
 # embedding, so "my family" retrieves *this* user's family. It is trained on episodes made of a
 # collection, a query, challenge images and the correct one.
+#
+# The [paper map](28_paper_map.ipynb) lists every table and figure of POLAR's supplement and every
+# element of the CAP poster with the chapter that reproduces it, our number beside the paper's, and a verdict.
 
 # %%
 #| default_exp __init__

@@ -25,22 +25,35 @@ def find_root(start:str|Path|None=None)->Path:
 # %% ../nbs/91_book.ipynb #9f20e8ec
 def _flatten(items)->list[str]:
     "Chapter paths from a Quarto chapter list, parts flattened."
+    return [p for _, ps in _group(items) for p in ps]
+
+def _group(items)->list[tuple]:
+    "A Quarto chapter list as (part title or None, [chapter paths]); chapters outside parts are grouped in order."
     out = []
     for it in items or []:
-        if isinstance(it, str): out.append(it)
-        elif isinstance(it, dict): out += ([it['file']] if 'file' in it else []) + _flatten(it.get('chapters'))
+        if isinstance(it, str) or (isinstance(it, dict) and 'part' not in it):
+            path = it if isinstance(it, str) else it.get('file') or it.get('href')
+            if path is None: continue
+            if not out or out[-1][0] is not None: out.append((None, []))
+            out[-1][1].append(path)
+        elif isinstance(it, dict):
+            title, paths = it['part'], _flatten(it.get('chapters'))
+            if str(title).endswith(('.qmd', '.md', '.ipynb')): paths = [title] + paths  # a part page: a chapter of its own
+            out.append((str(title), paths))
     return out
 
 def book_config(root:str|Path)->dict:
-    "The book's title and chapter paths (absolute, in reading order) from `root/_quarto.yml`."
+    "The book's title, chapter paths (absolute, in reading order) and parts ((title, paths), appendices last) from `root/_quarto.yml`."
     root = Path(root)
     cfg = yaml.safe_load((root/'_quarto.yml').read_text(encoding='utf-8'))
     if (cfg.get('project') or {}).get('type') != 'book': raise ValueError(f"{root/'_quarto.yml'} is not a Quarto book")
     book = cfg['book']
-    paths = [root/p for p in _flatten(book.get('chapters')) + _flatten(book.get('appendices'))]
+    parts = _group(book.get('chapters')) + ([('Appendices', _flatten(book.get('appendices')))] if book.get('appendices') else [])
+    parts = [(t, [root/p for p in ps]) for t, ps in parts]
+    paths = [p for _, ps in parts for p in ps]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing: raise FileNotFoundError(f"chapters listed in _quarto.yml do not exist: {missing}")
-    return dict(title=book.get('title', root.name), chapters=paths)
+    return dict(title=book.get('title', root.name), chapters=paths, parts=parts)
 
 # %% ../nbs/91_book.ipynb #10ed24f0
 _DIRECTIVE = re.compile(r'^\s*#\s*\|\s*([\w-]+):?\s*(.*?)\s*$')
@@ -133,6 +146,9 @@ def for_reading(nb)->nbformat.NotebookNode:
             tags = c.metadata.setdefault('tags', [])
             if d.get('echo')=='false' or not c.source: tags.append('remove_input')
             if d.get('output')=='false': tags.append('remove_output')
+            for o in c.get('outputs', []):  # a table's links to chapters, as in markdown
+                for k in ('text/html', 'text/markdown'):
+                    if k in o.get('data', {}): o['data'][k] = nb_links_to_html(o['data'][k])
         else: c.source = nb_links_to_html(tex_to_mathml(c.source))
         cells.append(c)
     nb.cells = cells
@@ -156,7 +172,9 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 nav.book-sidebar {position: fixed; top: 0; left: 0; bottom: 0; width: 250px; overflow-y: auto;
   padding: 1.2em 1em; background: #f7f7f9; border-right: 1px solid #ddd; font-family: system-ui, sans-serif; font-size: 14px}
 nav.book-sidebar .book-title {display: block; font-weight: 700; font-size: 17px; margin-bottom: .8em; color: #222; text-decoration: none}
-nav.book-sidebar ol {padding-left: 1.4em; margin: 0} nav.book-sidebar li {margin: .35em 0}
+nav.book-sidebar .book-part-title {font-size: 12px; font-weight: 700; text-transform: uppercase; letter-spacing: .04em;
+  color: #555; margin: 1.1em 0 .3em 0}
+nav.book-sidebar ol {padding-left: 1.8em; margin: 0} nav.book-sidebar li {margin: .35em 0}
 nav.book-sidebar a {color: #1a5fb4; text-decoration: none} nav.book-sidebar li.active > a {font-weight: 700; color: #000}
 body.jp-Notebook > main {margin-left: 270px; max-width: 1100px}
 .book-pager {display: flex; justify-content: space-between; margin: 2em 0 3em 0; font-family: system-ui, sans-serif}
@@ -166,11 +184,26 @@ body.jp-Notebook > main {margin-left: 270px; max-width: 1100px}
 """
 
 # %% ../nbs/91_book.ipynb #4d134b05
-def _nav(title:str, pages:list[tuple[str,str]], current:int)->str:
-    "The sidebar: the book title and an ordered list of (href, chapter title), `current` highlighted."
-    items = ''.join(f'<li class="{"active" if i==current else ""}"><a href="{html.escape(h)}">{html.escape(t)}</a></li>'
-                    for i,(h,t) in enumerate(pages))
-    return f'<nav class="book-sidebar"><a class="book-title" href="index.html">{html.escape(title)}</a><ol>{items}</ol></nav>'
+def _items(pages, idx, current)->str:
+    "The `<li>` links of the pages `idx`, `current` highlighted."
+    return ''.join(f'<li class="{"active" if i==current else ""}"><a href="{html.escape(pages[i][0])}">{html.escape(pages[i][1])}</a></li>'
+                   for i in idx)
+
+def _nav(title:str, # the book's title
+         pages:list[tuple[str,str]], # (href, chapter title) of every chapter, in order
+         current:int, # the index of the page shown
+         parts:list[tuple]|None=None, # (part title or None, [page indices]) covering `pages` in order; None: one list
+        )->str:
+    "The sidebar: the book title, then each part's title over its chapters, `current` highlighted."
+    parts = parts or [(None, list(range(len(pages))))]
+    body, n = '', 1
+    for t, idx in parts:
+        appendix = t == 'Appendices'
+        ol = f'<ol type="A">' if appendix else f'<ol start="{n}">'
+        head = f'<h2 class="book-part-title">{html.escape(t)}</h2>' if t else ''
+        body += f'<div class="book-part">{head}{ol}{_items(pages, idx, current)}</ol></div>'
+        if not appendix: n += len(idx)
+    return f'<nav class="book-sidebar"><a class="book-title" href="index.html">{html.escape(title)}</a>{body}</nav>'
 
 def _pager(pages, current)->str:
     "Links to the previous and next chapters."
@@ -179,11 +212,12 @@ def _pager(pages, current)->str:
     nxt = link(current+1, html.escape(pages[current+1][1]) + ' &rarr;' if current+1 < len(pages) else '')
     return f'<div class="book-pager">{prev}{nxt}</div>'
 
-# %% ../nbs/91_book.ipynb #c80fe344
+# %% ../nbs/91_book.ipynb #18707519
 def render_chapter(nb, # an (executed) notebook
                    book_title:str, # shown at the top of the sidebar
                    pages:list[tuple[str,str]], # (href, title) of every chapter, in order
                    current:int, # index of this chapter in `pages`
+                   parts:list[tuple]|None=None, # (part title or None, [indices into `pages`]); None: no parts
                   )->str:
     "One chapter as a self-contained HTML page with the book's sidebar."
     from jinja2 import DictLoader
@@ -196,12 +230,19 @@ def render_chapter(nb, # an (executed) notebook
     c.HTMLExporter.exclude_input_prompt = c.HTMLExporter.exclude_output_prompt = True
     ex = HTMLExporter(config=c, template_name='lab', template_file='polar_book.html.j2',
                       extra_loaders=[DictLoader({'polar_book.html.j2': _TEMPLATE})])
-    res = {'book_nav': _nav(book_title, pages, current), 'book_pager': _pager(pages, current),
+    res = {'book_nav': _nav(book_title, pages, current, parts), 'book_pager': _pager(pages, current),
            'metadata': {'name': f'{pages[current][1]} – {book_title}'}}
     body, _ = ex.from_notebook_node(for_reading(nb), resources=res)
     return body
 
 # %% ../nbs/91_book.ipynb #2d8467cc
+def _page_parts(cfg, pages)->list[tuple]:
+    "`cfg['parts']` as (title, [page indices]); a part named by its own page takes that page's title."
+    idx = {p: i for i,p in enumerate(cfg['chapters'])}
+    named = {p.name: pages[i][1] for p,i in idx.items()}
+    return [(named.get(Path(t).name, t) if t else t, [idx[p] for p in ps]) for t, ps in cfg['parts']]
+
+
 def render_book(root:str|Path|None=None, # the repository (default: found from the current folder)
                 out:str|Path='_site', # output folder, relative to `root`
                 execute:bool=True, # run every chapter first (else render the outputs stored in the notebooks)
@@ -217,5 +258,6 @@ def render_book(root:str|Path|None=None, # the repository (default: found from t
         nbs.append(execute_chapter(p, out/'notebooks'/p.name, skip=skip_flags(root), timeout=timeout)
                    if execute else nbformat.read(p, as_version=4))
     pages = [(page_name(p), chapter_title(nb)) for p,nb in zip(cfg['chapters'], nbs)]
-    for i,nb in enumerate(nbs): (out/pages[i][0]).write_text(render_chapter(nb, cfg['title'], pages, i), encoding='utf-8')
+    parts = _page_parts(cfg, pages)
+    for i,nb in enumerate(nbs): (out/pages[i][0]).write_text(render_chapter(nb, cfg['title'], pages, i, parts), encoding='utf-8')
     return out/'index.html'

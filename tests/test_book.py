@@ -1,4 +1,4 @@
-"The book renders offline and reads in a real browser (headless Chromium): title, sidebar, figure."
+"The book renders offline and reads in a real browser (headless Chromium): title, sidebar with the parts, figure."
 import shutil
 from pathlib import Path
 import pytest
@@ -42,6 +42,8 @@ def _open(browser, page):
     browser.get(page.as_uri())
     return browser
 
+def _page(p): return 'index.html' if p.stem == 'index' else p.stem + '.html'
+
 def test_index_in_browser(book, browser):
     cfg = book_config(ROOT)
     b = _open(browser, book)
@@ -67,3 +69,21 @@ def test_chapter_in_browser(book, browser):
     assert b.find_elements('css selector', '.jp-Cell-outputArea, .jp-OutputArea'), 'outputs are rendered'
     SHOTS.mkdir(parents=True, exist_ok=True)
     assert b.save_screenshot(str(SHOTS/'01_config.png'))
+
+def test_parts_on_every_page(book, browser):
+    "Every page's sidebar shows the parts of _quarto.yml in order, each title above its chapters, the page itself highlighted."
+    cfg = book_config(ROOT)
+    want = [(t, [_page(p) for p in ps]) for t, ps in cfg['parts']]
+    assert [t for t, _ in want] == [None, 'Foundations', 'The method', "The paper's results", 'Beyond the paper', 'Appendices']
+    for p in cfg['chapters']:
+        b = _open(browser, book.parent/_page(p))
+        got = []
+        for part in b.find_elements('css selector', 'nav.book-sidebar .book-part'):
+            heads = part.find_elements('css selector', '.book-part-title')
+            links = part.find_elements('css selector', 'li a')
+            if heads:
+                assert heads[0].is_displayed() and heads[0].location['y'] < links[0].location['y'], f'{p.name}: a part title is not above its chapters'
+            got.append((heads[0].get_attribute('textContent') if heads else None, [Path(a.get_attribute('href')).name for a in links]))
+        assert got == want, p.name
+        active = b.find_elements('css selector', 'nav.book-sidebar li.active a')
+        assert [Path(a.get_attribute('href')).name for a in active] == [_page(p)], p.name

@@ -1,5 +1,5 @@
 "The repository's shape: the layout, nbdev's configuration, the book, the README's two commands and CI."
-import re, tomllib
+import ast, re, tomllib
 from pathlib import Path
 import nbformat, yaml
 from polar_nb.book import book_config, directives
@@ -74,3 +74,56 @@ def test_ci_calls_the_readme_test_command(root):
 def test_test_command_runs_tests_and_every_notebook(root):
     sh = (root/'scripts/test.sh').read_text()
     assert re.search(r'pytest tests nbs --nbval-lax', sh)
+
+# the library's modules: their size, their import graph, who may import the benchmarks
+
+def _modules(root):
+    return {p.stem: p for p in sorted((root/'polar_nb').glob('*.py')) if p.name != '_modidx.py'}
+
+def _imported(node, pkg:set)->set:
+    "The polar_nb modules (of `pkg`) that import statement `node` brings in."
+    if isinstance(node, ast.Import):
+        return {a.name.split('.')[1] for a in node.names if a.name.startswith('polar_nb.') and a.name.split('.')[1] in pkg}
+    if not isinstance(node, ast.ImportFrom): return set()
+    base = node.module or ''
+    if node.level == 0 and base != 'polar_nb' and not base.startswith('polar_nb.'): return set()
+    if node.level > 1: return set()
+    head = base.split('.', 1)[1] if base.startswith('polar_nb.') else base if node.level == 1 else ''
+    if head: return {head.split('.')[0]} & pkg
+    return {a.name for a in node.names} & pkg  # from . import x, from polar_nb import x
+
+def _imports(tree, mod:str, pkg:set, in_functions:bool)->set:
+    "The polar_nb modules `tree` imports: at import time only, or also inside functions (`in_functions`)."
+    out, todo = set(), list(ast.iter_child_nodes(tree))
+    while todo:
+        n = todo.pop()
+        if not in_functions and isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)): continue
+        out |= _imported(n, pkg)
+        if isinstance(n, ast.Call) and getattr(n.func, 'attr', getattr(n.func, 'id', None)) == 'import_module' and n.args \
+           and isinstance(n.args[0], ast.Constant) and str(n.args[0].value).startswith('polar_nb.'):
+            out |= {str(n.args[0].value).split('.')[1]} & pkg
+        todo.extend(ast.iter_child_nodes(n))
+    return out - {mod}
+
+def test_no_module_over_750_lines(root):
+    long = {m: n for m, p in _modules(root).items() if (n := len(p.read_text().splitlines())) > 750}
+    assert not long, f'modules over 750 lines (split them into chapters of their own): {long}'
+
+def test_no_import_cycle(root):
+    mods = _modules(root)
+    graph = {m: _imports(ast.parse(p.read_text()), m, set(mods), in_functions=False) for m, p in mods.items()}
+    assert 'scenes' in graph['world'], graph  # the parser sees the imports
+    state = {}
+    def visit(m, path):
+        if state.get(m) == 'done': return
+        assert state.get(m) != 'open', 'import cycle: ' + ' -> '.join(path[path.index(m):] + [m])
+        state[m] = 'open'
+        for d in sorted(graph[m]): visit(d, path + [m])
+        state[m] = 'done'
+    for m in sorted(graph): visit(m, [])
+
+def test_only_the_cli_imports_the_benchmarks(root):
+    mods = _modules(root)
+    users = {m for m, p in mods.items() if 'bench' in _imports(ast.parse(p.read_text()), m, set(mods), in_functions=True)}
+    assert 'cli' in users, 'the parser sees the bench command'
+    assert users <= {'cli'}, f'polar_nb.bench (timing only) is imported by {sorted(users - {"cli"})}'

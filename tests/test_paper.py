@@ -166,3 +166,84 @@ def test_table_12_against_the_supplement(text):
 def test_lambdas_against_the_supplement(text, table):
     settings = paper_table(table, wide=True).index.get_level_values('setting')
     assert supplement_lambdas(text, table) == [float(s.split('lambda=')[1]) for s in settings]
+
+
+# The paper map reads our numbers from the stored outputs of marked cells: a small notebook written here.
+import re
+import nbformat
+import pandas as pd
+from polar_nb.papermap import (html_frame, number, plain_series, cell_markers, marked_cells, stored_frame, stored_text, flat_frame,
+                               Ours, read_ours, measured_on, holds, number_verdict, NOT_HERE, map_numbers, Item, Pair)
+
+def _table():
+    "A result table as the chapters display it: two levels of columns, a two-level index with one unnamed level, 'mean ± se' cells."
+    idx = pd.MultiIndex.from_tuples([('ours (1 image)', 'POLAR'), ('ours (1 image)', 'text (coarse)'), ('ours (5 images)', 'POLAR')], names=[None, 'method'])
+    cols = pd.MultiIndex.from_tuples([('context', 'mrr'), ('context', 'r@1'), ('concept-only', 'map')])
+    return pd.DataFrame([['49.14 ± 3.46', '36.00 ± 3.66', '19.21 ± 1.28'], ['30.94 ± 0.00', '17.92 ± 0.00', '11.08 ± 0.00'],
+                         ['71.21 ± 0.20', '57.67 ± 0.37', 'NaN']], index=idx, columns=cols)
+
+@pytest.fixture
+def nbs(tmp_path):
+    "A folder with one chapter: a setup cell that printed its backbone, a slow marked result cell, a printed number, an unmarked cell."
+    out = lambda df: nbformat.v4.new_output('execute_result', {'text/html': df._repr_html_(), 'text/plain': repr(df)})
+    cells = [nbformat.v4.new_markdown_cell('# A chapter\n\n> Its subtitle.'),
+             nbformat.v4.new_code_cell('# paper-map: setup\nbb = load_backbone()', outputs=[nbformat.v4.new_output('stream', name='stdout',
+                 text="Backbone('ViT-L-14', pretrained='openai', device='cuda', width=768, layers=12, embed_dim=768)\n")]),
+             nbformat.v4.new_code_cell('#| slow\n# NBVAL_SKIP\n# paper-map: tab15\nboth(one, five)', outputs=[
+                 nbformat.v4.new_output('stream', name='stdout', text='3 s\n'), out(_table())]),
+             nbformat.v4.new_code_cell('# paper-map: pair\nprint(x)', outputs=[nbformat.v4.new_output('stream', name='stdout', text='closest pair: cosine 0.899\n')]),
+             nbformat.v4.new_code_cell('ev = evaluate(x)', outputs=[out(pd.DataFrame({'method': ['CAP', 'zero-shot'], 'r@1': [0.083, 0.208]}))])]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path/'24_toy.ipynb')
+    return tmp_path
+
+def test_html_frame_round_trip():
+    t = _table()
+    back = html_frame(t._repr_html_())
+    assert back.equals(t) and back.index.names == [None, 'method']
+    flat = pd.DataFrame({'name': ['rank 1', 'a < b & c'], 'λ': ['0.0', '']})
+    assert html_frame(flat.to_html()).reset_index(drop=True).equals(flat)
+    with pytest.raises(ValueError, match='no table number 1'): html_frame(flat.to_html(), 1)
+
+def test_numbers_in_cells():
+    assert number('49.14 ± 3.46') == (49.14, 3.46) and number('-3.5')[0] == -3.5
+    assert all(math.isnan(x) for s in ('NaN', '-', '', 'None') for x in number(s))
+    with pytest.raises(ValueError, match='not a number'): number('POLAR')
+    assert plain_series('device   cuda\ngpu      NVIDIA V100\ndtype: object') == {'device': 'cuda', 'gpu': 'NVIDIA V100'}
+
+def test_markers(nbs):
+    nb = nbformat.read(nbs/'24_toy.ipynb', as_version=4)
+    assert list(marked_cells(nb)) == ['setup', 'tab15', 'pair']
+    assert cell_markers(nbformat.v4.new_code_cell('x = 1\n# paper-map: late')) == []  # only among the opening comment lines
+    assert stored_text(nb.cells[2]).startswith('3 s\n') and stored_frame(nb.cells[2]).equals(_table())
+    assert list(flat_frame(stored_frame(nb.cells[2])).columns) == ['level_0', 'method', 'context / mrr', 'context / r@1', 'concept-only / map']
+    twice = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('# paper-map: a'), nbformat.v4.new_code_cell('# paper-map: a')])
+    with pytest.raises(ValueError, match="two cells are marked"): marked_cells(twice)
+
+def test_read_ours(nbs):
+    one = Ours('24_toy', 'tab15', {'level_0': 'ours (1 image)', 'method': 'POLAR'}, 'context / mrr')
+    assert read_ours(one, nbs) == (49.14, 3.46)
+    assert read_ours(Ours('24_toy', 'tab15', {'level_0': r'ours \(\d images?\)', 'method': 'POLAR'}, 'context / r@1', mean=True), nbs)[0] == pytest.approx((36.0 + 57.67) / 2)
+    assert math.isnan(read_ours(Ours('24_toy', 'tab15', {'level_0': 'ours (5 images)', 'method': 'POLAR'}, 'concept-only / map'), nbs)[0])
+    assert read_ours(Ours('24_toy', 'pair', text=r'cosine ([\d.]+)', scale=100), nbs)[0] == pytest.approx(89.9)
+    assert read_ours(Ours('24_toy', 'cap', {'method': 'CAP'}, 'r@1', 100, source=r'=\s*evaluate\('), nbs)[0] == pytest.approx(8.3)  # no marker: found by its call
+    for o, msg in [(Ours('24_toy', 'tab15', {'method': 'POLAR'}, 'context / mrr'), '2 rows with'),
+                   (Ours('24_toy', 'tab15', {'method': 'SEARLE'}, 'context / mrr'), 'no row with'),
+                   (Ours('24_toy', 'tab15', {'model': 'POLAR'}, 'context / mrr'), "no column 'model'"),
+                   (Ours('24_toy', 'tab15', {}, 'mrr'), '0 columns match'),
+                   (Ours('24_toy', 'setup', {}, 'x'), 'no stored table'),
+                   (Ours('24_toy', 'pair', text=r'recall ([\d.]+)'), 'printed nothing matching'),
+                   (Ours('24_toy', 'tab99'), "no cell marked '# paper-map: tab99'"), (Ours('25_none', 'tab15'), 'no chapter')]:
+        with pytest.raises(LookupError, match=re.escape(msg)): read_ours(o, nbs)
+
+def test_verdicts(nbs):
+    assert measured_on('24_toy', nbs)['backbone'] == 'ViT-L-14' and measured_on('24_toy', nbs)['pretrained'] == 'openai'
+    assert [holds(2, 1, '>'), holds(1, 1.9, '≥'), holds(1, 2.1, '≥'), holds(math.nan, 1, '≈')] == [True, True, False, None]
+    assert number_verdict(44.0, 3.46, 44.68, 0.61, comparable=False) == NOT_HERE
+    assert number_verdict(44.0, 3.46, 44.68, 0.61, comparable=True) == 'agrees'
+    assert number_verdict(40.0, 0.1, 44.68, 0.61, comparable=True) == 'differs'
+    # a chapter measured with the paper's backbone is compared number by number, the others are not
+    item = Item('Tab. 15', 'supplement', 'one image', '24_toy', 'polar_nb.experiments.single_image',
+                [Pair(Ours('24_toy', 'tab15', {'level_0': 'ours (1 image)', 'method': 'POLAR'}, f'context / {m}'),
+                      dict(table='15', method='Ours', metric=m, query='context', setting='train_images=1')) for m in ('mrr', 'r@1')])
+    n = map_numbers([item], nbs)
+    assert n.verdict.tolist() == ['agrees', 'agrees'] and n.paper.tolist() == [44.68, 34.45] and n.ours.tolist() == [49.14, 36.0]

@@ -1,9 +1,9 @@
-"The embedded world: determinism, the real formats (read back by the project's readers), counts, no concept in generic scenes, caption errors."
+"The embedded world: its scenes (polar_nb.scenes) and benchmarks (polar_nb.world): determinism, the real formats (read back by the project's readers), counts, no concept in generic scenes, caption errors."
 import csv, hashlib, json, re
 from pathlib import Path
 import numpy as np
 import pytest
-from polar_nb import world as W
+from polar_nb import scenes as S, world as W
 
 REAL_PERVL = Path(__file__).resolve().parents[2]/'shared'/'fixtures'/'pervl_deepfashion2'
 PERVL_CSVS = ['test_captions.csv', 'validation_captions.csv', 'shortened_deepfashion2_captions.csv',
@@ -124,7 +124,7 @@ def test_pervl_reads_with_project_reader(pv):
         b = data.PerVLDeepFashion2(pv, split)
         assert len(b.concepts) == 20 and len(b.pool) == 80 and b.missing_images() == []
         assert all('wearing *' in q.text for q in b.queries('context'))
-        assert {b.descriptions(c)['coarse'] for c in b.concepts} <= set(W.GARMENTS)
+        assert {b.descriptions(c)['coarse'] for c in b.concepts} <= set(S.GARMENTS)
 
 # what the world contains
 
@@ -134,28 +134,28 @@ def test_no_concept_in_generic_scenes():
     looks = [g for s in scs for t in s.things for g in (t.look.garments if t.person else [t.look])]
     assert looks and not any(l.key in keys for l in looks)
     assert all(t.concept is None for s in scs for t in s.things)
-    assert {l.cls for l in looks} >= set(W.CLASSES) | {'skirt'}
+    assert {l.cls for l in looks} >= set(S.CLASSES) | {'skirt'}
     _, test = W.conconchi_plan(0)
     for r in test:
         if r.concepts == []: assert all(t.concept is None and t.look.key not in keys for s in r.scenes for t in s.things)
 
 def test_concepts():
-    assert len(W.CONCEPTS) == 20 and len(W.CONTEXTS) >= 10 and len(W.CLASSES) >= 12 and len(W.COLOURS) == 10
+    assert len(W.CONCEPTS) == 20 and len(S.CONTEXTS) >= 10 and len(S.CLASSES) >= 12 and len(S.COLOURS) == 10
     twins = [c for c in W.CONCEPTS if c.twin]
     assert len(twins) == 10
     for c in twins:
         t = next(d for d in W.CONCEPTS if d.name == c.twin)
         assert (c.look.cls, c.look.colour) == (t.look.cls, t.look.colour) and c.look != t.look
     mis = [c for c in W.CONCEPTS if c.look.body]
-    assert len(mis) == 3 and all(W.SHAPES[c.look.body]['like'] != c.coarse for c in mis)
+    assert len(mis) == 3 and all(S.SHAPES[c.look.body]['like'] != c.coarse for c in mis)
     assert len({c.look.key for _, c in W.garment_concepts()}) == 100
 
 def test_vlm_caption_errors():
-    scs = [W.sample_scene(np.random.default_rng(i)) for i in range(300)]
+    scs = [S.sample_scene(np.random.default_rng(i)) for i in range(300)]
     caps, labs = W.vlm_captions(scs, seed=0)
     assert (labs.count('right'), labs.count('minor'), labs.count('wrong')) == (264, 30, 6)
     for s, c, l in zip(scs, caps, labs):
-        right = W.vlm_caption(s, np.random.default_rng(s.seed))
+        right = S.vlm_caption(s, np.random.default_rng(s.seed))
         if l == 'right': assert c == right
         if l == 'minor': assert c != right and len(set(c.split()) ^ set(right.split())) <= 8
 
@@ -372,8 +372,8 @@ def test_numpy_ints_accepted(tmp_path):
     assert snapshot(r) == snapshot(tiny(tmp_path/'ref', 'pervl', seed=1))
 
 def test_min_size_renders():
-    s = W.sample_scene(np.random.default_rng(0))
-    assert W.render(s, W.MIN_SIZE).shape == (W.MIN_SIZE, W.MIN_SIZE, 3)
+    s = S.sample_scene(np.random.default_rng(0))
+    assert S.render(s, W.MIN_SIZE).shape == (W.MIN_SIZE, W.MIN_SIZE, 3)
 
 def test_pervl_photos_fit_their_block():
     "With more photos per concept than its block of 32 numbers, two photos would share a file name (seed 1: 26 of 4500)."
@@ -383,3 +383,22 @@ def test_pervl_photos_fit_their_block():
     plan = W.pervl_plan(0, dict(concepts=5, support=(20, 29), pool=(4,)))  # the most that fits: 28 + 4
     num = W._pervl_names(W._rng(0, 31, 0), plan)
     assert len(set(num.values())) == len(num) == sum(len(a) + len(b) for its in plan.values() for _, _, a, b in its)
+
+# the drawing names moved to polar_nb.scenes
+
+def test_moved_names_still_reached_from_world_with_a_warning():
+    assert set(W.MOVED) == set(S.__all__) and not set(W.MOVED) & set(W.__all__)
+    with pytest.warns(DeprecationWarning, match=r'polar_nb\.world\.render has moved to polar_nb\.scenes\.render'):
+        from polar_nb.world import render
+    assert render is S.render
+    for name in W.MOVED:
+        with pytest.warns(DeprecationWarning, match=f'polar_nb.scenes.{name}'): assert getattr(W, name) is getattr(S, name)
+    with pytest.raises(AttributeError, match='no_such_name'): W.no_such_name
+
+def test_make_collections_reached_from_world_without_a_warning():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        from polar_nb.world import make_collections, Collections
+    from polar_nb import collections
+    assert make_collections is collections.make_collections and Collections is collections.Collections

@@ -9,8 +9,8 @@
 # bag on the beach" should retrieve *this* user's bag. Its training data are *episodes*, the
 # poster's (X_S, X_T, X_C, X_Q): a user's collection X_S (images only), a query text X_T, challenge
 # images X_C to rank, and the correct image X_Q. This chapter draws such users in the embedded world
-# ([The embedded world](05_world.ipynb)) and writes them to disk; [CAP](30_cap.ipynb) trains and
-# measures the model on them.
+# (its scenes are [Drawing scenes](05_scenes.ipynb)'s, its writers [The embedded world](06_world.ipynb)'s)
+# and writes them to disk; [CAP](30_cap.ipynb) trains and measures the model on them.
 #
 # A user owns a few personal things (a bag, a cup, a toy car: generic looks of the world, drawn once
 # per user) and one person close to them (a friend, a sister), has favourite places, and photographs
@@ -39,8 +39,9 @@ import json, numbers
 from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
-from polar_nb.world import (CONTEXTS, Look, Thing, Scene, Outfit, render, sample_look, sample_scene, scene_caption, _clutter, _fit,
-                            _light_draw, _on_ground, _outfit, _rng, _save, _staged, _write_json, _write_info, _int, MIN_SIZE)
+from polar_nb.scenes import (CONTEXTS, Look, Thing, Scene, Outfit, render, sample_look, sample_scene, scene_caption, _fit,
+                             _light_draw, _on_ground, _outfit)
+from polar_nb.world import _clutter, _rng, _save, _staged, _write_json, _write_info, _int, MIN_SIZE
 
 # %%
 import tempfile, shutil, time

@@ -48,13 +48,10 @@ from polar_nb.clip import frozen_token_embedding, Backbone, fingerprint, save_sa
 # Everything else is trained and stored.
 #
 # The image tower is a small ResNet (open_clip's `ModifiedResNet`, four stages of one block, width
-# 16: 1.36 M parameters). A small ViT (`WORLD_TINY_VIT_CFG`: 64 px images in 8 px patches, 4 layers of
-# width 192, 1.85 M parameters) was tried first: its image tower learned the places and the colours
-# and not the shapes (after 500 steps a linear probe of the main object's class on its image features
-# was at chance). The shapes are not the contrastive loss's fault: the same ViT tower trained *with
-# class labels* on the same scenes was still at chance after 300 steps, while the ResNet learned them
-# from step 150 on, at a quarter of the cost per step (measured when this backbone was designed; the
-# chapter measures the shipped one below).
+# 16: 1.36 M parameters); the chapter measures what it sees below. `WORLD_TINY_VIT_CFG`, the same
+# text tower with a small ViT image tower, is kept as an option.
+#
+# Designs tried and not kept: [Lab notes](90_lab_notes.ipynb#vit-image-tower)
 #
 # It is trained in four stages, all with the shipped architecture (`WORLD_TINY_CFG`). The first
 # trains both towers from their initialisation, with enlarged crops of scenes' main things beside
@@ -253,14 +250,14 @@ test_close(_lr_at(0, 100, 1e-3, 10), 1e-4); test_close(_lr_at(10, 100, 1e-3, 10)
 @lru_cache(maxsize=None)
 def _swap_table(what:str)->tuple:
     "For 'class' or 'colour': {word: the class or colour it names}, and a whole-word pattern for any of the words, longest first."
-    from polar_nb.world import CLASSES, COLOURS
+    from polar_nb.scenes import CLASSES, COLOURS
     if what not in ('class', 'colour'): raise ValueError(f"what must be 'class' or 'colour', not {what!r}")
     owner = {w: k for k, ws in CLASSES.items() for w in ws} if what == 'class' else {c: c for c in COLOURS}
     return owner, re.compile(r'\b(' + '|'.join(sorted(map(re.escape, owner), key=len, reverse=True)) + r')\b')
 
 def swap_word(caption:str, r:np.random.Generator, what:str='class')->str|None:
     "`caption` with its first class word ('class') or colour word ('colour') replaced by another class's or colour's, its article mended; None if it has none."
-    from polar_nb.world import CLASSES
+    from polar_nb.scenes import CLASSES
     owner, pattern = _swap_table(what)
     m = pattern.search(caption)
     if m is None: return None
@@ -302,7 +299,9 @@ _n
 # learned first and shapes hardly at all. Batches drawn from a few groups of scenes that share their
 # place and their main object's colour, in equal parts, are harder: within a group only the
 # classes, patterns, emblems and relations separate the captions. Such batches are an option of
-# training (`group_by`); they were tried, and are not in the shipped recipe (see the end of the chapter).
+# training (`group_by`); the shipped recipe does not use them.
+#
+# Designs tried and not kept: [Lab notes](90_lab_notes.ipynb#grouped-batches)
 
 # %%
 #| export
@@ -313,12 +312,13 @@ def _main_colour(scene)->str:
 
 def bank_scenes(n:int, seed:int=0)->list:
     "The first `n` scenes of a seed's training stream (sampled again without rendering), as `scene_bank` drew them."
-    from polar_nb.world import _rng, sample_scene
+    from polar_nb.scenes import sample_scene
+    from polar_nb.world import _rng
     return [sample_scene(_rng(seed, 0, i)) for i in range(n)]
 
 def scene_groups(n:int, seed:int=0, by:str='place')->np.ndarray:
     "A group label for each of the first `n` training scenes (`bank_scenes`): by 'place' or 'place+colour'."
-    from polar_nb.world import CONTEXTS, COLOURS
+    from polar_nb.scenes import CONTEXTS, COLOURS
     if by not in ('place', 'place+colour'): raise ValueError(f"by must be 'place' or 'place+colour', not {by!r}")
     places, colours = list(CONTEXTS), list(COLOURS)
     scenes = bank_scenes(n, seed)
@@ -338,7 +338,8 @@ def _draw(r:np.random.Generator, n:int, batch:int, labels:np.ndarray|None, group
 
 # %%
 g = scene_groups(300)
-from polar_nb.world import generic_scenes as _gs, CONTEXTS as _C
+from polar_nb.scenes import CONTEXTS as _C
+from polar_nb.world import generic_scenes as _gs
 test_eq([list(_C)[i] for i in g[:5]], [s.context for s in _gs(5, return_scenes=True)[2]])
 idx = _draw(np.random.default_rng(0), 300, 32, g, 2)
 test_eq(len(set(idx)), 32); test_eq(len(set(g[idx])), 2)
@@ -349,11 +350,11 @@ test_eq(len(set(idx)), 24); test_eq(sorted(np.unique(gc[idx], return_counts=True
 
 
 # %% [markdown]
-# Grouped batches from the start leave the colours unlearned. A gentler push towards shapes: beside
-# each batch, a few pairs in which a scene's main thing is cut out of its picture and enlarged to
-# fill the frame, captioned with its noun phrase alone ("a wide blue bottle"). At 64 px most objects
-# are a dozen pixels tall; enlarged, their outline is plain, and the text tower sees the class word
-# without a place to lean on.
+# A gentler push towards shapes, which the shipped recipe uses: beside each batch, a few pairs in
+# which a scene's main thing is cut out of its picture and enlarged to fill the frame, captioned
+# with its noun phrase alone ("a wide blue bottle"). At 64 px most objects are a dozen pixels tall;
+# enlarged, their outline is plain, and the text tower sees the class word without a place to lean
+# on.
 
 # %%
 #| export
@@ -362,7 +363,7 @@ def main_crops(imgs:np.ndarray, # uint8 images [n, h, w, 3] of `scenes`
                zoom:tuple=(1.15, 1.5), # side of the square cut, in units of the thing's larger side (at least 12 px)
               )->tuple[torch.Tensor, list[str]]:
     "Each scene's first thing cut out of its image and enlarged to full size (normalised pixels), with a noun phrase naming it."
-    from polar_nb.world import thing_phrase
+    from polar_nb.scenes import thing_phrase
     R, th = imgs.shape[1], torch.zeros(len(imgs), 2, 3)
     for k, s in enumerate(scenes):
         t = s.things[0]
@@ -374,7 +375,7 @@ def main_crops(imgs:np.ndarray, # uint8 images [n, h, w, 3] of `scenes`
 
 
 # %%
-from polar_nb.world import thing_phrase as _tp, COLOURS as _COL
+from polar_nb.scenes import thing_phrase as _tp, COLOURS as _COL
 _im, _cp, _sc = _gs(24, return_scenes=True)
 _x, _t = main_crops(_im, _sc, np.random.default_rng(0))
 test_eq(_x.shape, (24, 3, 64, 64))
@@ -445,12 +446,13 @@ _init_tag(_w1)
 # ### Unseen words
 #
 # POLAR writes a concept into the update of one token, `sks`, that the text tower never saw in
-# training. What the update can reach is that token's state at the last layer's input. After the
-# first two stages of the earlier recipe (measured on its weights) that state was not `sks`'s own: a
-# word the tower never saw ended up, by the last layer, in the state shared by all tokens, so an
-# update that read it read every caption too, and the defaults search found no λ that learned the
-# concepts and kept general knowledge. Real CLIP
-# keeps unseen and rare words apart because its captions are full of names it sees once.
+# training. What the update can reach is that token's state at the last layer's input. In a small
+# tower a word it never saw can end up, by the last layer, in the state shared by all tokens; an
+# update that reads it then reads every caption too, and no λ both learns the concept and keeps
+# general knowledge. Real CLIP keeps unseen and rare words apart because its captions are full of
+# names it sees once.
+#
+# Designs tried and not kept: [Lab notes](90_lab_notes.ipynb#unseen-words-before)
 #
 # The third stage teaches exactly that and nothing about the concepts: beside each batch of
 # (image, caption) pairs, `names` pairs of prompts that share a random word the captions never use
@@ -501,16 +503,14 @@ print(len(_pool), 'candidate names, e.g.', _pool[1000:1005], f'; untrained loss 
 # %% [markdown]
 # ### One direction shared by every word
 #
-# The third stage made `sks` a word of its own, but not yet a word apart. Measured on its weights in
-# the earlier recipe,
-# the inputs of the last layer's V projection (the states a rank-1 update reads, one unit-norm `A`
-# against each token's state) shared one large direction: most words of a world's VLM captions
-# (`on`, `lamp`, `white`, `with`, …) had a cosine of 0.3 to 0.65 with the direction an update of
-# `sks` reads (a few, such as `red`, near 0). An update trained on `sks`'s prompts picks up that
-# direction too, so each concept's update shifts every caption's embedding by about the same
-# vector (their shifts had a mean pairwise cosine of 0.91) and a mean drop of caption recall@10 of
-# 0.023 to 0.032 on three of six ConCon-Chi-format worlds. A 6-layer, 192-wide tower trained on a
-# small grammar is anisotropic where a large CLIP trained on the web's captions has room to spare.
+# The third stage makes `sks` a word of its own, but not yet a word apart. The inputs of the last
+# layer's V projection (the states a rank-1 update reads, one unit-norm `A` against each token's
+# state) can share one large direction with most words of a caption. An update trained on `sks`'s
+# prompts then picks up that direction too, so each concept's update shifts every caption's
+# embedding by about the same vector and costs general knowledge. A 6-layer, 192-wide tower trained
+# on a small grammar is anisotropic where a large CLIP trained on the web's captions has room to spare.
+#
+# Designs tried and not kept: [Lab notes](90_lab_notes.ipynb#shared-direction)
 #
 # The fourth stage asks for that room directly: beside the contrastive loss it penalises the
 # squared norm of the mean of the last layer's V inputs (each token's state, L2-normalised, over
@@ -718,7 +718,7 @@ def _largest(scene): return max(scene.things, key=lambda t: t.h * t.w)
 
 def zero_shot_accuracy(bb, imgs:np.ndarray, scenes:list)->dict:
     "Zero-shot accuracy on place, and on class and colour of the largest object (objects only)."
-    from polar_nb.world import CONTEXTS, COLOURS, CLASSES
+    from polar_nb.scenes import CONTEXTS, COLOURS, CLASSES
     I = image_feats(bb, imgs)
     def acc(labels, names, prompt, keep):
         T = text_feats(bb, [prompt.format(n) for n in names])
@@ -760,10 +760,7 @@ def world_tiny_path()->Path:
 # measure what it costs the encoder's general knowledge: the drop of caption→image recall@10. The
 # best combination whose mean drop stays within `max_drop` (0.02 by default) is shipped.
 #
-# An earlier version measured that drop on the validation split's own VLM captions. Its pool is too
-# small (80 photos in the small profile): recall@10 sits near 1 whatever the update does, so λ = 0
-# looked free (mean drop 0.008) while the same defaults cost 0.17 of recall@10 on a 344-photo
-# ConCon-Chi pool.
+# Designs tried and not kept: [Lab notes](90_lab_notes.ipynb#gk-on-validation-captions)
 
 # %%
 #| export
@@ -874,20 +871,7 @@ test_fail(lambda: choose_defaults(demo, max_drop=-1), contains='widen the grid')
 # stages (the image-caption loss; the text-to-text loss and the penalty are not in it). Run again
 # from its caches, the cell writes the same file byte for byte (`save_safetensors`; checked twice).
 #
-# The backbone shipped before this one had another recipe: a first stage of 500 steps with the ViT
-# image tower (world seed 0), a second of 1,200 steps with the ResNet and the first stage's text
-# tower, then the same third and fourth stages (world seeds 0 and 1). The figures below that say
-# "earlier recipe" were measured on its weights. Two other fourth stages were tried there from the
-# third stage's weights, and not shipped: 100 steps at weight 10 (`update_share` on world seed 7's
-# VLM captions fell from 0.31 to 0.16; the mean caption-recall drop on world seed 4 stayed at 0.023),
-# and 100 steps penalising the whole second moment of the states instead of their mean
-# (`update_share` 0.13 on the same captions, mean drops 0.017, 0.009 and 0.016 on world seeds 4, 5
-# and 1, against 0.005, 0.003 and 0.008 for its shipped stage, all at λ = 0.01). The worlds of these
-# comparisons are those of the `small` profile of that time (each concept in 3 places × 4 photos;
-# `profile=dict(contexts=3, per_query=4)` redraws them). Two other second stages were tried from its
-# first stage's weights, keeping the ViT image tower, and not shipped: 240 steps on batches of four
-# (place, colour) groups, and 175 more steps of the plain recipe. Neither taught the ViT the shapes
-# (held-out zero-shot class accuracy 0.086 before, 0.097 after the longer one; chance 0.067).
+# Designs tried and not kept: [Lab notes](90_lab_notes.ipynb#earlier-recipe)
 
 # %%
 #| slow
@@ -951,19 +935,14 @@ search.assign(allowed=search.gk_mean_drop <= 0.02).sort_values(['lam', 'lr', 'it
 
 # %% [markdown]
 # λ trades the concept against general knowledge: the smaller it is, the better the update learns
-# the concept and the more captions it moves. Without the third stage that trade had no good point.
-# Measured when the third stage was designed, in the earlier recipe, the same search on the second
-# stage's weights found mean drops of 0.42, 0.16, 0.11, 0.040 and 0.012 at λ = 0, 0.01, 0.02, 0.05 and
-# 0.1: the bound forced λ = 0.1, where the validation concept-only mAP was 0.135 (0.359 at λ = 0).
-# There, an `A` that read `sks` read every other token too (the last layer's inputs shared one large
-# direction). On that recipe's third-stage weights the search chose λ = 0.01 (lr 0.03, 50
-# iterations), and on its four-stage weights λ = 0, 150 iterations, lr 0.01 (validation context mRR
-# 0.394, concept-only mAP 0.317, mean drop 0.014). On the shipped weights the search chose the same
-# λ = 0, 150 iterations, lr 0.01, and scores higher on both (the tables here). With λ = 0 nothing
-# penalises `B`: the unit norm of `A`, the 150 iterations at lr 0.01 and the bound on the measured
-# drop are what hold the update back; a larger learning rate would score higher still, and costs
-# more than the bound allows. The best row under the bound and the best row regardless of it, for
-# the shipped weights:
+# the concept and the more captions it moves. On the shipped weights the search chooses λ = 0, 150
+# iterations, lr 0.01. With λ = 0 nothing penalises `B`: the unit norm of `A`, the 150 iterations at
+# lr 0.01 and the bound on the measured drop are what hold the update back; a larger learning rate
+# would score higher still, and costs more than the bound allows.
+#
+# Designs tried and not kept: [Lab notes](90_lab_notes.ipynb#unseen-words-before)
+#
+# The best row under the bound and the best row regardless of it, for the shipped weights:
 
 # %%
 best_free = search.sort_values('score', ascending=False).iloc[0]
@@ -1035,15 +1014,9 @@ assert probes.probe['cls'] < probes.probe['colour']  # the limit the text below 
 # poorly (its features carry the silhouette only weakly), and the pattern of the largest object
 # hardly beyond the share of the commonest one (most objects are plain). That is world-tiny's main
 # limit. In a `full` ConCon-Chi world (4,020 photos) caption→image recall@10 falls to about 0.42
-# (the chapter on baselines; 0.83 on the 344-photo `small` pool of the cell below). Where it fails,
-# measured at design on full world 0 with the earlier recipe's weights (full-pool recall@10 0.40):
-# for 91 % of the correct captions the ten best photos do hold one of the same concept(s) in the same
-# place, but the right photo ranks first among those only 21 % of the time, and for half of the
-# captions ten or more photos of other concepts or places rank above it as well. Of 300 failed
-# captions, the photo ranked first was always in the right place, and showed another concept (a
-# look-alike, or one of the same colour) 185 times, the same concept 83 times and no concept 32
-# times. Telling a concept from another of its colour, and one photo of it from its neighbours by
-# the objects beside it, both take the class and the shape of things.
+# (the chapter on baselines; 0.83 on the 344-photo `small` pool of the cell below).
+#
+# Designs tried and not kept: [Lab notes](90_lab_notes.ipynb#earlier-recipe)
 #
 # Do the captions say enough for 0.70 at all? Take an ideal retriever that reads every caption
 # perfectly but knows only some facts of each photo: a caption's photo ties with every photo that
@@ -1065,7 +1038,8 @@ test_close(tie_recall(['a'] * 20 + ['b'] * 5), (20 * .5 + 5 * 1) / 25, eps=1e-9)
 test_close(tie_recall(['a'] * 20, k=1), 1 / 20, eps=1e-9)
 
 # %%
-from polar_nb.world import conconchi_plan, thing_phrase as _tp, _brief
+from polar_nb.scenes import thing_phrase as _tp, _brief
+from polar_nb.world import conconchi_plan
 def _facts(s)->dict:
     "The facts of scene `s` an ideal retriever may be given, by name."
     main, near = _tp(s.things[0], None, True), tuple(sorted(_brief(u) for u in s.things[1:3]))  # as `vlm_caption` names them
@@ -1100,7 +1074,7 @@ assert ideal.iloc[2, 1] < .7 < ideal.iloc[3, 1]  # in the full pool, the concept
 # third of the full pool's photos (world 0, rendered as `make_benchmark` renders them):
 
 # %%
-from polar_nb.world import render
+from polar_nb.scenes import render
 fp = pool[::3]  # the full pool of the cell above (every third photo)
 If = np.asarray(image_feats(bb, np.stack([np.asarray(render(s, 64)) for s in fp])))
 obj = lambda t: t is not None and not t.person
@@ -1143,7 +1117,7 @@ def swap_similarity(bb, # a backbone
                     n:int=300, # phrases drawn
                     seed:int=0)->pd.Series:
     "Mean cosine between the text embeddings of 'a {colour} {class} {place}' and the same phrase with its colour, class or place changed."
-    from polar_nb.world import COLOURS, CLASSES, CONTEXTS, _a
+    from polar_nb.scenes import COLOURS, CLASSES, CONTEXTS, _a
     r = np.random.default_rng(seed)
     words = dict(colour=list(COLOURS), cls=list(CLASSES), place=[c.place[0] for c in CONTEXTS.values()])
     phrase = lambda w: _a(f"{w['colour']} {w['cls']}") + f" {w['place']}"
@@ -1169,76 +1143,9 @@ assert sw['cls'] > sw['place'] > sw['colour']  # the order the text below descri
 # less weight because the image tower sees the class poorly, and an image tower trained against
 # such a text tower has little reason to learn it.
 #
-# The earlier recipe's weights heard the class less still (0.86 after a class swap; 0.44 colour, 0.67
-# place). Six ways round it were tried, each one run on two CPU cores on a fresh bank of world seed
-# 2, and measured at design on world seed 0: four further stages from the earlier recipe's weights,
+# Designs tried and not kept: [Lab notes](90_lab_notes.ipynb#six-ways)
 #
-# - **A**, 400 steps of 192 pairs with the unseen words and the shared-direction penalty, batches
-#   from two places so that a batch's scenes share it (lr 3·10⁻⁴, 15 minutes);
-# - **B**, the same with batches from four (place, colour) groups, so that they differ mostly in
-#   their objects (lr 5·10⁻⁴, 12 minutes);
-# - **C**, a wider and deeper image tower (ResNet of width 24 with two blocks per stage, 3.85 M
-#   parameters against 1.36 M) trained from scratch against the earlier recipe's text tower, frozen,
-#   256 pairs per step at lr 2·10⁻³; stopped after 850 of 1,500 planned steps (21 minutes, 1.5 s per step);
-# - **D**, as A without the grouping, with half of each batch's pairs shown in grey and their
-#   captions stripped of colour words, so that only the class, the pattern and the place can match
-#   them (lr 5·10⁻⁴, 12 minutes);
-#
-# and two that train both towers again from the start, which became the shipped recipe's first two
-# stages:
-#
-# - **E**, the shipped architecture in one stage, 2,000 steps of 192 pairs plus 64 enlarged main
-#   things (`main_crops`) (the first stage above);
-# - **F**, E followed by 250 steps with a hard negative for every caption (`hard_negatives`), still
-#   with the crops (the second stage above).
-#
-# The shipped weights are F followed by the third and fourth stages; its column was measured at design
-# like the others, before the defaults search (the cells of this chapter measure the same weights again).
-#
-# | | earlier recipe | A | B | C | D | E | F | shipped |
-# |---|---|---|---|---|---|---|---|---|
-# | zero-shot class accuracy (1,000 held-out scenes) | 0.163 | 0.163 | 0.180 | 0.216 | 0.170 | 0.276 | 0.280 | 0.258 |
-# | class probe (the probes above) | 0.189 | – | – | 0.233 | 0.215 | 0.237 | 0.257 | 0.259 |
-# | class probe, C = 10, 3,000 held-out scenes | 0.215 | – | 0.227 | – | – | – | – | – |
-# | cosine of "a red cup on the beach" and "… duck …" | 0.979 | – | – | 0.979 (frozen) | 0.975 | 0.988 | 0.987 | 0.986 |
-# | mean cosine after a class swap (`swap_similarity`) | 0.862 | – | – | 0.862 (frozen) | – | 0.816 | 0.812 | 0.769 |
-# | generic caption→image recall@10 (1,000) | 0.897 | 0.853 | 0.870 | 0.923 | 0.887 | 0.934 | 0.929 | 0.915 |
-# | VLM-caption recall@10, `small` world 0 (344 photos) | 0.846 | 0.799 | 0.791 | 0.881 | 0.849 | 0.846 | 0.858 | 0.843 |
-# | VLM-caption recall@10, `full` world 0 (4,020 photos) | 0.402 | 0.407 | 0.366 | 0.447 | 0.375 | 0.450 | 0.457 | 0.427 |
-#
-# Harder batches and grey pairs do not teach a 16-wide ResNet the shapes in a few hundred steps,
-# and the text tower did not learn to weigh the class in them (D). The wider tower (C) gained, but it
-# learns against a text tower that barely hears the class, and its weights would not fit the 25 MB
-# they may take in 32-bit floats (26.2 MB). Training both towers again from the start with enlarged
-# crops (E) gains as much with the shipped architecture and file size, and the hard negatives add a
-# little (F). The third and fourth stages give back some of it (0.03 of full-pool recall@10) for
-# what POLAR needs of the text tower (the defaults search above, and `update_share` below); full-pool
-# recall@10 stays far from 0.70. Told the class directly (a linear head trained on the class labels,
-# a check only), the same 16-wide ResNet reaches 0.53 on held-out scenes after 600 steps of 256 (0.29
-# in a run of 200): the tower can see the shapes; the contrastive signal is what teaches them slowly.
-#
-# Three longer runs were tried after the shipped recipe was fixed, on the same bank (world seed 2)
-# and measured at design in the same way, none of them shipped:
-#
-# - **E, longer**: E followed by 1,000 more steps of its own kind (192 pairs plus 64 crops, lr
-#   5·10⁻⁴, 27 minutes, 1.63 s per step; the loss fell from 1.07 to 0.76 over them);
-# - **E, longer hard negatives**: E followed by 1,000 steps of F's kind instead of 250 (lr 3·10⁻⁴,
-#   37 minutes, about 2.2 s per step);
-# - **shipped + a fifth stage**: the shipped weights followed by 300 steps with everything at once
-#   (crops, hard negatives, 128 unseen-word pairs, the penalty at weight 10; lr 3·10⁻⁴, 15 minutes,
-#   3.07 s per step).
-#
-# | | E | E, longer | E, longer hard negatives | F | shipped | shipped + a fifth stage |
-# |---|---|---|---|---|---|---|
-# | zero-shot class accuracy (1,000 held-out scenes) | 0.276 | 0.308 | 0.289 | 0.280 | 0.258 | 0.274 |
-# | class probe | 0.237 | 0.262 | 0.261 | 0.257 | 0.259 | 0.267 |
-# | generic caption→image recall@10 (1,000) | 0.934 | 0.932 | 0.928 | 0.929 | 0.915 | 0.922 |
-# | VLM-caption recall@10, `small` world 0 | 0.846 | 0.828 | 0.828 | 0.858 | 0.843 | 0.852 |
-# | VLM-caption recall@10, `full` world 0 | 0.450 | 0.448 | 0.444 | 0.457 | 0.427 | 0.429 |
-#
-# Four times the steps of either kind raise the class accuracy a little and leave the full pool
-# where it was (0.43 to 0.46 in every run since E): on two CPU cores, more of the same training
-# is not the way to 0.70.
+# Designs tried and not kept: [Lab notes](90_lab_notes.ipynb#longer-runs)
 
 # %% [markdown]
 # And on a pool in the ConCon-Chi format with its `vlm_captions.json` (the captions of whole scenes,
@@ -1259,10 +1166,11 @@ print(f"{len(cc.pool)} pool images:", {k: round(v, 3) for k, v in vlm_recall.ite
 # %% [markdown]
 # How much of what an update of `sks` reads do VLM captions feed it too (`update_share`), and how
 # much do the last layer's token states share one direction (`shared_direction`, over every token of
-# the captions)? Measured now on the shipped weights, beside the checkpoints before them and the
-# earlier recipe's, measured on the same captions with the same functions at design (those
-# checkpoints are not shipped). Those captions are world seed 1's in the `small` profile of that
-# time (each concept in 3 places × 4 photos), redrawn here byte for byte:
+# the captions)? Measured now on the shipped weights, beside the checkpoints before them and those
+# of the earlier recipe, measured on the same captions with the same functions when they were made
+# (those checkpoints are not shipped; the earlier recipe is in the
+# [Lab notes](90_lab_notes.ipynb#earlier-recipe)). The captions are world seed 1's in the earlier
+# `small` profile (each concept in 3 places × 4 photos), redrawn here byte for byte:
 
 # %%
 from polar_nb.clip import tokenize
