@@ -10,7 +10,7 @@
 # predicts a "warping" that modulates the text and image embeddings of a query, trained on episodes
 # (collection X_S, query X_T, challenge images X_C, correct image X_Q). The poster gives no
 # numbers and its public code never built the network; this chapter builds it on the embedded world's
-# users ([Users and their photo collections](06_collections.ipynb)) and `world-tiny`, and answers
+# users ([Users and their photo collections](07_collections.ipynb)) and `world-tiny`, and answers
 # the poster's question on held-out users: recall@1/5/10 and mRR against the zero-shot backbone, a
 # collection-mean blend, POLAR given the labels CAP does without ([POLAR](10_polar.ipynb)), and the
 # two together; the cost per user; accuracy against collection size; what it does to queries that
@@ -27,7 +27,7 @@ from fastcore.test import test_eq, test_close, test_fail
 # %%
 #| export
 import json, re, time, warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn
@@ -52,155 +52,221 @@ from polar_nb.world import make_collections
 # CAP never sees pixels: it reads the frozen backbone's embeddings of a user's photos and of the
 # challenge photos, and the query's text embedding. `episode_features` encodes a split once (image
 # features are cached per backbone and image content) and keeps each episode as rows of one table.
+# Where a collection's `user.json` says which photos show which of the user's things (the world
+# writes this `truth` for every user; a user's own folder need not), those labels are kept too,
+# with the text embeddings of the plain personal queries "my bag", "our bag", "a photo of my bag":
+# training draws extra episodes from them (below). Evaluation never reads them.
 
 # %%
 #| export
+PERSONAL = re.compile(r"\b(my|our|mine|ours)\b", re.I)
+THING_QUERIES = ('my {w}', 'our {w}', 'a photo of my {w}')  # the plain queries of the collection episodes
+
+def is_personal(query:str)->bool:
+    "Whether `query` names something of the user's ('my', 'our', 'mine', 'ours')."
+    return bool(PERSONAL.search(query))
+
 @dataclass
 class EpisodeSet:
     "A split's episodes as features: one image table, each user's collection rows, each episode's query and challenge rows."
     split: str
     I: torch.Tensor  # [n images, e] image features
     users: dict  # user id -> LongTensor of rows of I (the collection, in its order)
-    eps: list  # dicts: id, user, kind, query, q (text embedding [e]), ch (LongTensor rows), target (position in ch), ...
+    eps: list  # dicts: id, user, kind, query, personal, q (text embedding [e]), ch (LongTensor rows), target (position in ch), ...
     backbone: str  # fingerprint of the backbone that encoded it
+    things: list = field(default_factory=list)  # labelled recurring things: dicts user, word, kind, photos (positions in the collection)
+    words: dict = field(default_factory=dict)  # word -> [len(THING_QUERIES), e] text embeddings of its plain personal queries
 
+# %%
+test_eq([is_personal(q) for q in ('my bag on the beach', 'On the sand, our cup', 'a red bag on the beach', 'Mummy at the lake')], [True, True, False, False])
+
+
+# %%
+#| export
 def _episode(e:dict, q:torch.Tensor, row:dict)->dict:
     "One episode's record: its JSON fields and its features' rows."
-    return dict(id=e['id'], user=e['user'], kind=e['kind'], query=e['query'], q=q, ch=torch.tensor([row[p] for p in e['challenge']]),
-                target=e['challenge'].index(e['target']), paths=e['challenge'], roles=e.get('roles'), thing=e.get('thing'))
+    return dict(id=e['id'], user=e['user'], kind=e['kind'], query=e['query'], personal=is_personal(e['query']), q=q,
+                ch=torch.tensor([row[p] for p in e['challenge']]), target=e['challenge'].index(e['target']), paths=e['challenge'],
+                roles=e.get('roles'), thing=e.get('thing'))
+
+def _things(cols:Collections, uids:list)->list:
+    "The labelled things of `uids` shown in at least two of their photos (what collection episodes are drawn from)."
+    return [dict(user=u, word=t['word'], kind=t.get('kind', 'object'), photos=torch.tensor(t['photos'], dtype=torch.long))
+            for u in uids for t in (cols.user(u).get('truth') or {}).get('things', []) if len(t.get('photos', [])) >= 2]
 
 def episode_features(bb:Backbone, # the frozen backbone
                      cols, # `Collections`, or their folder
                      split:str='test', # 'train', 'validation' or 'test'
                      cache=True, # the image-feature cache (see `image_features`)
                     )->EpisodeSet:
-    "Encode `split` of `cols` with `bb`: collections, queries and challenge photos as features."
+    "Encode `split` of `cols` with `bb`: collections, queries and challenge photos as features (and the labelled things)."
     cols = cols if isinstance(cols, Collections) else Collections(cols)
     eps, uids = cols.episodes(split), cols.splits[split]
     paths = list(dict.fromkeys([p for u in uids for p in cols.user(u)['photos']] + [p for e in eps for p in e['challenge']]))
     row = {p: i for i, p in enumerate(paths)}
     I = image_features(bb, [cols.root/p for p in paths], cache=cache)
     users = {u: torch.tensor([row[p] for p in cols.user(u)['photos']], dtype=torch.long) for u in uids}
-    return EpisodeSet(split, I, users, [_episode(e, q, row) for e, q in zip(eps, encode_text(bb, [e['query'] for e in eps]))], fingerprint(bb.model))
+    things = _things(cols, uids); ws = sorted({t['word'] for t in things})
+    W = encode_text(bb, [f.format(w=w) for w in ws for f in THING_QUERIES]) if ws else torch.zeros(0, I.shape[1])
+    return EpisodeSet(split, I, users, [_episode(e, q, row) for e, q in zip(eps, encode_text(bb, [e['query'] for e in eps]))], fingerprint(bb.model),
+                      things, {w: W[i*len(THING_QUERIES):(i + 1)*len(THING_QUERIES)] for i, w in enumerate(ws)})
 
 
 # %% [markdown]
 # ## The network
 #
-# `CAP` projects each collection embedding to the encoder's width, puts learned summary tokens in
-# front, and runs a transformer encoder over them with a mask: the padding of a batch of collections
-# of different sizes is masked out, so a collection of one photo and one of five hundred go through
-# the same code. The summary tokens' outputs are the warp's parameters:
+# `CAP` reads a collection and a query in two steps.
 #
-# - `film`: one summary token gives a scale and a shift per coordinate, $x' = x\odot(1+\gamma) + \beta$;
-# - `lowrank`: each of $r$ summary tokens gives a pair $(u_k, v_k)$ and $x' = x + \sum_k u_k\,(v_k^\top x)$,
-#   a rank-$r$ linear map, which can send "bag" towards *this user's* bag and leave other directions alone.
+# 1. **The collection, once per user.** Each photo embedding is projected to the encoder's width, a
+#    learned summary token goes in front, and a transformer encoder runs over them with a mask (the
+#    padding of a batch of collections of different sizes is masked out, so a collection of one photo
+#    and one of five hundred go through the same code). Each photo also gets a *recurrence* score:
+#    the mean cosine to its three nearest other photos, high for a thing that comes back again and
+#    again in the collection.
+# 2. **The query, attending over the collection.** The query attends over the encoded photos, with
+#    logits that add the learned attention to the cosine of the photo and the (learnedly shifted)
+#    query and to the recurrence score. Its readouts are a *prototype* $p$ (the attended mean of
+#    the photos' own embeddings: what "my bag" looks like in this collection) and a context vector
+#    $z$ (the attended encoder outputs, the summary token and the query). The warp is then
+#    - `residual`: $q' = q + g\,(p + W z)$, the query moved towards the user's own thing;
+#    - `film`: $q' = q\odot(1 + g\gamma(z)) + g\beta(z)$, a scale and shift per coordinate, with no
+#      direct path from the photos' embeddings.
 #
-# The warp is applied to the query text embedding and, with parameters of its own, to the challenge
-# images' embeddings; both are normalised again and compared by cosine. The parts of the heads that
-# give $\gamma$, $\beta$ and $u_k$ start at zero, so an untrained CAP *is* the zero-shot backbone.
+#    With `images=True` the challenge images get a scale and shift of their own,
+#    $x' = x\odot(1 + g\gamma_x(z)) + g\beta_x(z)$. Both sides are normalised again and compared by cosine.
+#
+# The gate $g = 2a\,\sigma(w^\top z + b)$ is zero for a query that names nothing personal (no "my",
+# "our", "mine" or "ours", `is_personal`): the world's CLIP has never read "my" in a caption, so its
+# text embedding of "my bag on the beach" is almost that of "a bag on the beach", and no function of
+# the embedding alone can tell the two queries apart (the chapter measures what happens without this
+# rule). The amplitude $a$ starts at zero, so an untrained CAP *is* the zero-shot backbone.
 
 # %%
 #| export
-WARPS = ('film', 'lowrank')
+WARPS = ('residual', 'film')
 
 class CAP(nn.Module):
-    "Collection-aware personalisation: a transformer over a collection's embeddings predicts a warp of text and image embeddings."
+    "Collection-aware personalisation: a transformer over a collection's embeddings, read by the query, warps the query (and images)."
     def __init__(self, embed_dim:int, # the backbone's embedding width
-                 warp:str='lowrank', # 'film' or 'lowrank'
+                 warp:str='residual', # 'residual' or 'film'
                  width:int=128, # the encoder's width
                  layers:int=2, # encoder layers
                  heads:int=4, # attention heads
-                 rank:int=8, # rank of the low-rank warp (one summary token per rank)
-                 images:bool=True, # warp the challenge images too
+                 dropout:float=.1, # dropout in the encoder (training only)
+                 images:bool=False, # warp the challenge images too
+                 rule:bool=True, # gate by `is_personal` (False: the learned gate alone)
                  seed:int=0, # seed of the initial weights
                 ):
         super().__init__()
         if warp not in WARPS: raise ValueError(f"warp must be one of {WARPS}, not {warp!r}")
-        self.config = dict(embed_dim=embed_dim, warp=warp, width=width, layers=layers, heads=heads, rank=rank, images=images, seed=seed)
+        self.config = dict(embed_dim=embed_dim, warp=warp, width=width, layers=layers, heads=heads, dropout=dropout, images=images, rule=rule, seed=seed)
         self.backbone, self.info, self._memo = {}, {}, {}
-        with torch.random.fork_rng(devices=[]): torch.manual_seed(seed); self._build(embed_dim, warp, width, layers, heads, rank, images)
+        with torch.random.fork_rng(devices=[]): torch.manual_seed(seed); self._build(embed_dim, warp, width, layers, heads, dropout, images)
 
-    def _build(self, e, warp, width, layers, heads, rank, images):
-        self.inp, self.n_sum = nn.Linear(e, width), 1 if warp == 'film' else rank
-        self.summary = nn.Parameter(torch.randn(1, self.n_sum, width)*.02)
-        layer = nn.TransformerEncoderLayer(width, heads, 2*width, dropout=0., batch_first=True, norm_first=True)
-        self.encoder, self.norm = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False), nn.LayerNorm(width)
-        self.heads = nn.ModuleDict({k: nn.Linear(width, 2*e) for k in (('text', 'image') if images else ('text',))})
-        for h in self.heads.values():  # film: (gamma, beta) both start at 0; lowrank: u starts at 0, v small and random
-            nn.init.zeros_(h.bias); nn.init.zeros_(h.weight) if warp == 'film' else (nn.init.zeros_(h.weight[:e]), nn.init.normal_(h.weight[e:], std=.05))
+    def _build(self, e, warp, w, layers, heads, dropout, images):
+        self.inp, self.summary = nn.Linear(e, w), nn.Parameter(torch.randn(1, 1, w)*.02)
+        layer = nn.TransformerEncoderLayer(w, heads, 2*w, dropout=dropout, batch_first=True, norm_first=True)
+        self.encoder, self.norm = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False), nn.LayerNorm(w)
+        self.qin, self.Q, self.K, self.shift = nn.Linear(e, w), nn.Linear(w, w), nn.Linear(w, w), nn.Linear(e, e)
+        self.logit_scale = nn.Parameter(torch.tensor([20., 0.]))  # weights of the cosine and recurrence terms of the attention
+        self.mix = nn.Sequential(nn.Linear(3*w, w), nn.GELU(), nn.Linear(w, w))
+        self.gate, self.amp = nn.Linear(w, 1), nn.Parameter(torch.zeros(()))
+        self.out = nn.Linear(w, (2 if warp == 'film' else 1)*e + (2*e if images else 0))
+        for m in (self.shift, self.gate, self.out): nn.init.zeros_(m.weight); nn.init.zeros_(m.bias)
+        if warp == 'film' or images: nn.init.normal_(self.out.weight, std=.02)  # FiLM has no other path to a gradient while the amplitude is 0
 
 
 # %%
 #| export
+def _recurrence(C:torch.Tensor, mask:torch.Tensor, k:int=3)->torch.Tensor:
+    "[b, n]: each photo's mean cosine to its `k` nearest other photos of the collection (missing ones count as -1)."
+    Cn = F.normalize(C, dim=-1); D = Cn @ Cn.transpose(1, 2)
+    D = D.masked_fill(~mask[:, None, :] | torch.eye(C.shape[1], dtype=torch.bool)[None], -1.)
+    return F.pad(D, (0, max(0, k - C.shape[1])), value=-1.).topk(k, -1).values.mean(-1)
+
 def summarize(self:CAP, C:torch.Tensor, # [b, n, e] collection embeddings (padded)
               mask:torch.Tensor, # [b, n] True where a photo is real
-             )->torch.Tensor:
-    "The summary tokens' outputs [b, n_sum, width] for a batch of collections; an empty collection is an error."
+             )->dict:
+    "The encoded collections: photos `C`, `mask`, encoder outputs `h` [b, n, width], summary `s` [b, width], recurrence `r` [b, n]."
     if C.ndim != 3 or mask.shape != C.shape[:2]: raise ValueError(f"collections must be [b, n, e] with a [b, n] mask, not {tuple(C.shape)} and {tuple(mask.shape)}")
     if (empty := (mask.sum(1) == 0).nonzero().flatten().tolist()): raise ValueError(f"collection(s) {empty} of the batch are empty: CAP needs at least one photo of the user")
-    x = torch.cat([self.summary.expand(len(C), -1, -1), self.inp(C)], 1)
-    pad = torch.cat([torch.zeros(len(C), self.n_sum, dtype=torch.bool), ~mask.bool()], 1)
-    return self.norm(self.encoder(x, src_key_padding_mask=pad)[:, :self.n_sum])
+    mask = mask.bool(); pad = torch.cat([torch.zeros(len(C), 1, dtype=torch.bool), ~mask], 1)
+    h = self.norm(self.encoder(torch.cat([self.summary.expand(len(C), -1, -1), self.inp(C)], 1), src_key_padding_mask=pad))
+    return dict(C=C, mask=mask, h=h[:, 1:], s=h[:, 0], r=_recurrence(C, mask))
 
-def warp_with(self:CAP, x:torch.Tensor, # [b, m, e] embeddings to warp
-              s:torch.Tensor, # [b, n_sum, width] summaries
-              which:str='text', # 'text' or 'image'
-             )->torch.Tensor:
-    "`x` warped by the summaries' `which` head, normalised; images are left alone when the CAP does not warp them."
-    if which not in self.heads: return F.normalize(x, dim=-1)
-    a, b = self.heads[which](s).chunk(2, -1)
-    x = x*(1 + a[:, :1]) + b[:, :1] if self.config['warp'] == 'film' else x + (x @ b.transpose(1, 2)) @ a
-    return F.normalize(x, dim=-1)
-
-CAP.summarize, CAP.warp_with = summarize, warp_with
+CAP.summarize = summarize
 
 
 # %%
 #| export
+def read(self:CAP, st:dict, # `summarize`'s output
+         q:torch.Tensor, # [b, e] query text embeddings
+        )->tuple:
+    "The query's reading of its collection: attention [b, n], prototype p [b, e], context z [b, width]."
+    t = self.qin(q); h, C = st['h'], st['C']
+    a = (self.Q(t)[:, None] @ self.K(h).transpose(1, 2))[:, 0]/h.shape[-1]**.5
+    a = a + self.logit_scale[0]*(C @ (q + self.shift(q))[:, :, None])[..., 0] + 20*self.logit_scale[1]*st['r']
+    a = torch.softmax(a.masked_fill(~st['mask'], -1e4), -1)
+    return a, F.normalize((a[..., None]*C).sum(1), dim=-1), self.mix(torch.cat([t, (a[..., None]*h).sum(1), st['s']], -1))
+
+def warp(self:CAP, st:dict, q:torch.Tensor, # encoded collections and [b, e] queries
+         X:torch.Tensor, # [b, m, e] images to score
+         personal:torch.Tensor|None=None, # [b] whether each query is personal (None: all are)
+        )->tuple:
+    "The warped, normalised query [b, e] and images [b, m, e]."
+    e = q.shape[-1]; _, p, z = self.read(st, q); o = self.out(z)
+    g = self.amp*2*torch.sigmoid(self.gate(z))
+    if self.config['rule'] and personal is not None: g = g*personal.to(g.dtype)[:, None]
+    q2 = q + g*(p + o[:, :e]) if self.config['warp'] == 'residual' else q*(1 + g*o[:, :e]) + g*o[:, e:2*e]
+    if self.config['images']: gx, bx = o[:, -2*e:].chunk(2, -1); X = X*(1 + (g*gx)[:, None]) + (g*bx)[:, None]
+    return F.normalize(q2, dim=-1), F.normalize(X, dim=-1)
+
 def cap_forward(self:CAP, C, mask, # collections [b, n, e] and their mask [b, n]
                 q:torch.Tensor, # [b, e] query text embeddings
                 X:torch.Tensor, # [b, m, e] challenge image embeddings
+                personal:torch.Tensor|None=None, # [b] whether each query is personal (None: all are)
                )->torch.Tensor:
-    "Cosine scores [b, m] of each query against its challenge images, both warped by the query's collection."
-    s = self.summarize(C, mask)
-    return (self.warp_with(X, s, 'image') @ self.warp_with(q[:, None], s, 'text').transpose(1, 2))[..., 0]
+    "Cosine scores [b, m] of each query against its challenge images, warped by the query's reading of its collection."
+    q2, X2 = self.warp(self.summarize(C, mask), q, X, personal)
+    return (X2 @ q2[..., None])[..., 0]
 
-CAP.forward = cap_forward
+CAP.read, CAP.warp, CAP.forward = read, warp, cap_forward
 
 # %% [markdown]
-# An untrained CAP returns the zero-shot scores, the mask makes padding irrelevant, and an empty
-# collection is an error that says so:
+# An untrained CAP returns the zero-shot scores, the mask makes padding irrelevant, a query that is
+# not personal is left alone, and an empty collection is an error that says so:
 
 # %%
 torch.manual_seed(0)
 C, q, X = F.normalize(torch.randn(2, 7, 16), dim=-1), F.normalize(torch.randn(2, 16), dim=-1), F.normalize(torch.randn(2, 5, 16), dim=-1)
 mask = torch.ones(2, 7, dtype=torch.bool); mask[1, 3:] = False
 for w in WARPS:
-    cap0 = CAP(16, w, width=32, rank=4)
+    cap0 = CAP(16, w, width=32, images=True).eval()
     test_close(cap0(C, mask, q, X), (X @ q[:, :, None])[..., 0], eps=1e-6)
-    with torch.no_grad(): [h.weight.normal_(std=.1) for h in cap0.heads.values()]
+    with torch.no_grad(): cap0.amp.fill_(1.); cap0.out.weight.normal_(std=.1); cap0.shift.weight.normal_(std=.1)
     C2 = C.clone(); C2[1, 3:] = 99.  # what the padding holds does not matter
-    test_close(cap0(C, mask, q, X), cap0(C2, mask, q, X), eps=1e-6)
+    test_close(cap0(C, mask, q, X), cap0(C2, mask, q, X), eps=1e-5)
     test_close(cap0(C[1:, :3], mask[1:, :3], q[1:], X[1:]), cap0(C, mask, q, X)[1:], eps=1e-5)
+    assert not torch.allclose(cap0(C, mask, q, X), (X @ q[:, :, None])[..., 0], atol=1e-3)  # a trained warp moves the scores
+    test_close(cap0(C, mask, q, X, torch.tensor([False, False])), (X @ q[:, :, None])[..., 0], eps=1e-6)  # but not a generic query's
 test_fail(lambda: cap0(C, torch.zeros(2, 7, dtype=torch.bool), q, X), contains='are empty: CAP needs at least one photo')
-sum(p.numel() for p in CAP(128).parameters()), sum(p.numel() for p in CAP(128, 'film').parameters())
+sum(p.numel() for p in CAP(128).parameters()), sum(p.numel() for p in CAP(128, 'film', images=True).parameters())
 
 
 # %% [markdown]
 # ## One user at a time
 #
-# At query time a user's collection goes through the encoder once; the warp's parameters are
-# cached per user, keyed by the collection's features and the network's weights (a changed photo
-# or a retrained CAP is a different key). `user_summary` takes a collection of any size from one
-# photo up.
+# At query time a user's collection goes through the encoder once; its encoding is cached per user,
+# keyed by the collection's features and the network's weights (a changed photo or a retrained CAP
+# is a different key). A query then costs one attention over the encoded photos. `user_summary`
+# takes a collection of any size from one photo up.
 
 # %%
 #| export
 @torch.no_grad()
 def user_summary(cap:CAP, C:torch.Tensor, # [n, e] the user's collection embeddings
-                )->torch.Tensor:
-    "The summary [1, n_sum, width] of one user's collection: one forward pass, cached per collection and weights."
+                )->dict:
+    "The encoding of one user's collection (`summarize` of a batch of one): one forward pass, cached per collection and weights."
     if C.ndim != 2 or len(C) == 0: raise ValueError(f"a user's collection must be a non-empty [n, {cap.config['embed_dim']}] table of embeddings, not {tuple(C.shape)}: CAP needs at least one photo")
     key = (fingerprint(cap), content_hash(C))
     if key not in cap._memo:
@@ -209,10 +275,14 @@ def user_summary(cap:CAP, C:torch.Tensor, # [n, e] the user's collection embeddi
     return cap._memo[key]
 
 @torch.no_grad()
-def cap_scores(cap:CAP, C:torch.Tensor, q:torch.Tensor, X:torch.Tensor)->torch.Tensor:
-    "Scores [m] of query `q` [e] against images `X` [m, e] for the user whose collection is `C` [n, e]."
-    s = user_summary(cap, C)
-    return (cap.warp_with(X[None], s, 'image') @ cap.warp_with(q[None, None], s, 'text').transpose(1, 2))[0, :, 0]
+def cap_scores(cap:CAP, C:torch.Tensor, q:torch.Tensor, X:torch.Tensor, # collection [n, e], query [e], images [m, e]
+               personal:bool=True, # whether the query is personal (`is_personal` of its text)
+              )->torch.Tensor:
+    "Scores [m] of query `q` against images `X` for the user whose collection is `C`."
+    was = cap.training; cap.eval()
+    q2, X2 = cap.warp(user_summary(cap, C), q[None], X[None], torch.tensor([personal]))
+    cap.train(was)
+    return (X2 @ q2[..., None])[0, :, 0]
 
 
 # %%
@@ -228,15 +298,23 @@ test_eq(cap_scores(cap0, big, q[0], X[0]).shape, (5,)); test_eq(cap_scores(cap0,
 # %% [markdown]
 # ## Episodic training
 #
-# Each step draws a batch of training episodes (personal and generic, as they come), and for each a
-# random subset of its user's collection (from a few photos to all of them: the model learns to
-# work with small collections too). The loss is the cross-entropy of the correct image among the
-# episode's challenge images, scores divided by a temperature (the poster's contrastive objective
-# over the challenge set). Generic episodes are in the batch as well: they teach CAP to leave a
-# query that names nothing personal alone. The step's random draws come from a generator seeded by
-# (seed, step), so a run is deterministic on CPU and a resumed run takes the same steps as an
-# uninterrupted one; a checkpoint (weights, optimiser, history) is written every `every` steps and
-# picked up by the next call with the same settings and data.
+# Each step draws a batch of episodes of two kinds, and for each a random subset of its user's
+# collection (from a few photos to all of them: the model learns to work with small collections too):
+#
+# - **the split's episodes** (personal and generic, as written by `make_collections`): the query,
+#   its challenge photos, its correct photo;
+# - **collection episodes**, drawn from the training users' labelled things: one photo of the
+#   user's bag is held out of the collection and is the correct answer to "my bag" (or "our bag",
+#   "a photo of my bag") among photos of *other* users' bags and other photos. There are thousands
+#   of them for a hundred users, so the network learns what makes a thing *this user's* rather than
+#   the few hundred episodes by heart. A fraction `synth` of each batch is of this kind.
+#
+# The loss is the cross-entropy of the correct image among each episode's challenge images, scores
+# divided by a temperature (the poster's contrastive objective over the challenge set). Generic
+# episodes teach CAP to leave a query that names nothing personal alone. The step's random draws
+# come from a generator seeded by (seed, step), so a run is deterministic on CPU and a resumed run
+# takes the same steps as an uninterrupted one; a checkpoint (weights, optimiser, history) is
+# written every `every` steps and picked up by the next call with the same settings and data.
 
 # %%
 #| export
@@ -251,16 +329,52 @@ def _subset(rows:torch.Tensor, g:torch.Generator, low:int)->torch.Tensor:
     n = len(rows); m = int(torch.randint(min(low, n), n + 1, (1,), generator=g))
     return rows[torch.randperm(n, generator=g)[:m]]
 
-def episode_loss(cap:CAP, es:EpisodeSet, idx:list, # episodes of the batch
-                 g:torch.Generator, # draws the collection subsets
-                 low:int=4, # the smallest collection subset drawn
-                 temperature:float=.05)->torch.Tensor:
-    "Cross-entropy of each episode's correct image among its challenge images (collections subsampled)."
+def _pick(xs, g:torch.Generator):
+    "One element of `xs`, drawn with `g`."
+    return xs[int(torch.randint(len(xs), (1,), generator=g))]
+
+
+# %%
+#| export
+def split_batch(es:EpisodeSet, idx:list, g:torch.Generator, low:int=4)->tuple:
+    "A batch of the split's episodes `idx`: (collections, mask, queries, personal, challenge images, their mask, targets)."
     eps = [es.eps[i] for i in idx]
-    C, M = _pad([_subset(es.users[e['user']], g, low) for e in eps], es.I)
-    X, XM = _pad([e['ch'] for e in eps], es.I)
-    S = cap(C, M, torch.stack([e['q'] for e in eps]), X).masked_fill(~XM, -1e4)
-    return F.cross_entropy(S/temperature, torch.tensor([e['target'] for e in eps]))
+    C, M = _pad([_subset(es.users[e['user']], g, low) for e in eps], es.I); X, XM = _pad([e['ch'] for e in eps], es.I)
+    return C, M, torch.stack([e['q'] for e in eps]), torch.tensor([e['personal'] for e in eps]), X, XM, torch.tensor([e['target'] for e in eps])
+
+def collection_batch(es:EpisodeSet, n:int, g:torch.Generator, low:int=4, size:int=24, alikes:int=10)->tuple:
+    "`n` collection episodes: a held-out photo of a labelled thing, to be found by 'my <thing>' among `alikes` photos of others' things of its kind."
+    if not es.things: raise ValueError(f"split {es.split!r} has no labelled things (truth in user.json) to draw collection episodes from: train with synth=0")
+    kind = lambda t: 'person' if t['kind'] == 'person' else t['word']
+    Cs, qs, Xs, ts = [], [], [], []
+    for _ in range(n):
+        t = _pick(es.things, g); rows = es.users[t['user']]; held = int(_pick(t['photos'], g))
+        Cs.append(_subset(torch.cat([rows[:held], rows[held + 1:]]), g, low))
+        others = [o for o in es.things if o['user'] != t['user'] and kind(o) == kind(t)]
+        ch = [int(rows[held])] + [int(es.users[o['user']][_pick(o['photos'], g)]) for o in (_pick(others, g) for _ in range(min(alikes, len(others))))]
+        ch += torch.randint(len(es.I), (size - len(ch),), generator=g).tolist()
+        perm = torch.randperm(len(ch), generator=g); Xs.append(torch.tensor(ch)[perm]); ts.append(int((perm == 0).nonzero()))
+        qs.append(_pick(es.words[t['word']], g))
+    C, M = _pad(Cs, es.I); X, XM = _pad(Xs, es.I)
+    return C, M, torch.stack(qs), torch.ones(n, dtype=torch.bool), X, XM, torch.tensor(ts)
+
+
+# %%
+#| export
+def batch_loss(cap:CAP, b:tuple, temperature:float=.05)->torch.Tensor:
+    "Mean cross-entropy of each episode's correct image among its challenge images."
+    C, M, q, personal, X, XM, t = b
+    return F.cross_entropy(cap(C, M, q, X, personal).masked_fill(~XM, -1e4)/temperature, t)
+
+def episode_loss(cap:CAP, es:EpisodeSet, idx:list, # the split's episodes of the batch
+                 g:torch.Generator, # draws the collection subsets and the collection episodes
+                 low:int=4, # the smallest collection subset drawn
+                 n_synth:int=0, # collection episodes added to the batch
+                 temperature:float=.05)->torch.Tensor:
+    "The loss of one batch: the split's episodes `idx` and `n_synth` collection episodes, weighted by their numbers."
+    parts = ([(len(idx), batch_loss(cap, split_batch(es, idx, g, low), temperature))] if idx else []) + \
+            ([(n_synth, batch_loss(cap, collection_batch(es, n_synth, g, low), temperature))] if n_synth else [])
+    return sum(n*l for n, l in parts)/sum(n for n, _ in parts)
 
 
 # %%
@@ -285,36 +399,45 @@ def _checkpoint(path, key:str, cap:CAP, opt, step:int, hist:list):
 
 # %%
 #| export
+def _run_key(cap:CAP, hp:dict, es:EpisodeSet)->str:
+    "What a training run depends on: the network's settings, the training settings and every feature of the split."
+    return content_hash(dict(config=cap.config, hp=hp, I=es.I, users=list(es.users.values()), words=es.words,
+                             eps=[[e['q'], e['ch'], e['target'], e['personal']] for e in es.eps], things=[[t['user'], t['word'], t['photos']] for t in es.things]))
+
 def train_cap(train:EpisodeSet, # the training split's features
-              warp:str='lowrank', # 'film' or 'lowrank'
-              steps:int=1500, # optimisation steps
+              warp:str='residual', # 'residual' or 'film'
+              steps:int=2000, # optimisation steps
               batch:int=32, # episodes per step
-              lr:float=5e-4, # peak learning rate (AdamW)
+              lr:float=2e-3, # peak learning rate (AdamW)
+              synth:float=.6, # the fraction of each batch that is collection episodes
               seed:int=0, # initial weights and every random draw
               checkpoint:str|Path|None=None, # a file to write every `every` steps and resume from
               every:int=100, # steps between checkpoints
               low:int=4, # the smallest collection subset drawn
               wd:float=1e-2, # AdamW's weight decay
               progress:bool=True, # show a tqdm bar
-              **kw, # other arguments of `CAP` (width, layers, heads, rank, images)
+              **kw, # other arguments of `CAP` (width, layers, heads, dropout, images, rule)
              )->CAP:
-    "Train a CAP on `train`'s episodes, episodically and deterministically; resumes from `checkpoint`."
+    "Train a CAP on `train`'s episodes and collection episodes, deterministically; resumes from `checkpoint`."
+    if not 0 <= synth <= 1: raise ValueError(f"synth is the fraction of collection episodes in a batch, between 0 and 1, not {synth!r}")
     cap = CAP(train.I.shape[1], warp, seed=seed, **kw)
     opt = torch.optim.AdamW(cap.parameters(), lr=lr, weight_decay=wd)
-    hp = dict(steps=steps, batch=batch, lr=lr, seed=seed, low=low, wd=wd)
-    key = content_hash(dict(config=cap.config, hp=hp, I=train.I, users=list(train.users.values()), eps=[[e['q'], e['ch'], e['target']] for e in train.eps]))
+    hp = dict(steps=steps, batch=batch, lr=lr, synth=synth, seed=seed, low=low, wd=wd)
+    key, n_synth = _run_key(cap, hp, train), round(batch*synth)
     start, hist = _resume(checkpoint, key, cap, opt)
     cap.train()
     for step in tqdm(range(start, steps), desc=f'CAP ({warp})', disable=not progress, initial=start, total=steps):
         g = torch.Generator().manual_seed(seed*1_000_003 + step)
         for grp in opt.param_groups: grp['lr'] = _lr(step, steps, lr)
-        loss = episode_loss(cap, train, torch.randint(len(train.eps), (batch,), generator=g).tolist(), g, low)
-        opt.zero_grad(); loss.backward(); nn.utils.clip_grad_norm_(cap.parameters(), 1.); opt.step(); hist.append(round(loss.item(), 5))
+        with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator: seed it per step, leave the caller's alone
+            torch.manual_seed(seed*1_000_003 + step)
+            loss = episode_loss(cap, train, torch.randint(len(train.eps), (batch - n_synth,), generator=g).tolist(), g, low, n_synth)
+            opt.zero_grad(); loss.backward()
+        nn.utils.clip_grad_norm_(cap.parameters(), 1.); opt.step(); hist.append(round(loss.item(), 5))
         if checkpoint and ((step + 1) % every == 0 or step + 1 == steps): _checkpoint(checkpoint, key, cap, opt, step + 1, hist)
     cap.eval(); cap._memo.clear()
     cap.backbone, cap.info = dict(fingerprint=train.backbone), dict(hp, history=hist)
     return cap
-
 
 # %% [markdown]
 # ## Saving and loading
@@ -326,8 +449,8 @@ def train_cap(train:EpisodeSet, # the training split's features
 
 # %%
 #| export
-FORMAT = 'polar-nb/cap-1'
-SHIPPED = {'lowrank': 'cap-world-tiny.safetensors', 'film': 'cap-world-tiny-film.safetensors'}  # shipped CAPs in data/, by warp
+FORMAT = 'polar-nb/cap-2'
+SHIPPED = {'residual': 'cap-world-tiny.safetensors', 'film': 'cap-world-tiny-film.safetensors'}  # shipped CAPs in data/, by warp
 
 def save_cap(cap:CAP, path:str|Path, # the .safetensors file to write
              bb:Backbone|None=None, # the backbone it was trained on (its name is recorded; its weights must be the ones trained on)
@@ -350,7 +473,7 @@ def check_backbone(cap:CAP, bb:Backbone):
 #| export
 def load_cap(path:str|Path|None=None, # a file written by `save_cap`; default: the shipped CAP of `warp`
              bb:Backbone|None=None, # if given, refused unless the CAP was trained on it
-             warp:str='lowrank', # which shipped CAP, when `path` is None
+             warp:str='residual', # which shipped CAP, when `path` is None
             )->CAP:
     "Load a CAP from a safetensors file (checked: format, checksum, and the backbone when given)."
     from safetensors import safe_open
@@ -392,7 +515,7 @@ def blend(alpha:float):
 
 def with_cap(cap:CAP, queries:dict|None=None):
     "CAP's scores as a scoring function (`queries`: episode id -> another query embedding, e.g. POLAR's)."
-    return lambda es, e: cap_scores(cap, es.I[es.users[e['user']]], e['q'] if queries is None else queries.get(e['id'], e['q']), es.I[e['ch']])
+    return lambda es, e: cap_scores(cap, es.I[es.users[e['user']]], e['q'] if queries is None else queries.get(e['id'], e['q']), es.I[e['ch']], e['personal'])
 
 
 # %%
@@ -473,9 +596,10 @@ def polar_oracle(bb:Backbone, cols, es:EpisodeSet, users:list|None=None, # the u
 # %% [markdown]
 # ## A small run
 #
-# The CI version of the experiment: the `tiny` collections (22 users), a CAP of each warp trained for a
-# few hundred steps, measured on the tiny test users. The shipped CAP, trained on the `small`
-# collections (below), is measured on users it has never seen right after.
+# The CI version of the experiment: the `tiny` collections of seed 3 (22 users), a CAP of each warp
+# trained for a few hundred steps on its 12 training users. First, what a collection episode looks
+# like: the correct photo is one of the user's photos of their thing, held out of their collection,
+# and the other photos of its kind are other users' things.
 
 # %%
 bb = load_backbone('world-tiny', device='cpu')
@@ -483,17 +607,29 @@ tmp = Path(tempfile.mkdtemp())
 t0 = time.perf_counter()
 root = make_collections(tmp/'tiny', seed=3, profile='tiny')
 cols = Collections(root); fs = {sp: episode_features(bb, cols, sp, cache=tmp/'cache') for sp in ('train', 'validation', 'test')}
-print(f'collections written and encoded in {time.perf_counter() - t0:.0f} s:', {sp: (len(f.users), len(f.eps)) for sp, f in fs.items()})
+print(f'collections written and encoded in {time.perf_counter() - t0:.0f} s:', {sp: (len(f.users), len(f.eps), len(f.things)) for sp, f in fs.items()})
+
+# %%
+tr = fs['train']; C_, M_, q_, pers_, X_, XM_, t_ = collection_batch(tr, 3, torch.Generator().manual_seed(0))
+test_eq((X_.shape[:2], pers_.all().item()), ((3, 24), True))
+owner = {int(r): (u, j) for u, rows in tr.users.items() for j, r in enumerate(rows)}
+for i in range(3):
+    rows = [int((tr.I == x).all(1).nonzero()[0]) for x in X_[i]]
+    u, j = owner[rows[t_[i]]]
+    th = next(t for t in tr.things if t['user'] == u and j in t['photos'].tolist())
+    assert not any(torch.equal(c, X_[i, t_[i]]) for c in C_[i][M_[i]])  # the correct photo is held out of the collection
+    print(f"{u}'s {th['word']}: {int(M_[i].sum())} collection photos, correct photo at {int(t_[i])},",
+          sum(owner.get(r, ('?',))[0] not in ('?', u) for r in rows), "challenge photos from other users' collections")
 
 # %%
 t0 = time.perf_counter()
-caps_tiny = {w: train_cap(fs['train'], w, steps=300, batch=32, lr=1e-3, progress=False) for w in WARPS}
+caps_tiny = {w: train_cap(fs['train'], w, steps=300, batch=32, progress=False, images=(w == 'film')) for w in WARPS}
 print(f'two CAPs trained in {time.perf_counter() - t0:.0f} s')
 alpha_tiny = tune_blend(fs['validation'])
 small_run = method_table(fs['test'], {'zero-shot': zero_shot, 'collection-mean': blend(alpha_tiny),
-                                      'CAP (low-rank)': with_cap(caps_tiny['lowrank']), 'CAP (FiLM)': with_cap(caps_tiny['film'])})
+                                      'CAP (residual)': with_cap(caps_tiny['residual']), 'CAP (FiLM)': with_cap(caps_tiny['film'])})
 print({w: (round(float(np.mean(c.info['history'][:50])), 3), round(float(np.mean(c.info['history'][-50:])), 3)) for w, c in caps_tiny.items()}, '(training loss: mean of the first and of the last 50 steps)')
-test_eq(set(small_run.method), {'zero-shot', 'collection-mean', 'CAP (low-rank)', 'CAP (FiLM)'})
+test_eq(set(small_run.method), {'zero-shot', 'collection-mean', 'CAP (residual)', 'CAP (FiLM)'})
 small_run.round(3)
 
 # %% [markdown]
@@ -520,9 +656,11 @@ test_fail(lambda: train_cap(fs['train'], steps=80, batch=8, checkpoint=ck, progr
 # ## The shipped CAPs
 #
 # The shipped weights are trained by the next cell (slow: it is not run in CI, its output is what
-# is shown) on the `small` collections of seed 0: a CAP of each warp, 1,000 steps of 32 episodes,
-# the blend weight tuned on the validation users. It then measures them on the test users of seed 0
-# and of seed 1, whose users no training step has seen.
+# is shown) on the `small` collections of seed 0 (100 training users): a CAP of each warp, 2,000
+# steps of 32 episodes, the blend weight tuned on the validation users. Two more runs measure what
+# the design's parts are for: the residual CAP trained without collection episodes (`synth=0`), and
+# one without the rule that leaves non-personal queries alone (`rule=False`). All are measured on
+# the test users of seed 0 and of seed 1, whose users no training step has seen.
 
 # %%
 #| slow
@@ -532,46 +670,52 @@ bcols = Collections(make_collections(big/'small', seed=0, profile='small'))
 bfs = {sp: episode_features(bb, bcols, sp, cache=big/'cache') for sp in ('train', 'validation', 'test')}
 print(f'small collections written and encoded in {time.perf_counter() - t0:.0f} s:', {sp: (len(f.users), len(f.eps)) for sp, f in bfs.items()})
 alpha = tune_blend(bfs['validation'])
-for w in WARPS:
-    t0 = time.perf_counter(); c = train_cap(bfs["train"], w, steps=1000, batch=32, lr=1e-3, checkpoint=big/f'{w}.pt')
-    c.info['alpha'], c.info['seconds'] = alpha, round(time.perf_counter() - t0)
-    save_cap(c, data_dir()/SHIPPED[w], bb); print(w, f"trained in {c.info['seconds']} s")
+runs = {'residual': dict(warp='residual'), 'film': dict(warp='film', images=True),
+        'residual, synth=0': dict(warp='residual', synth=0.), 'residual, rule=False': dict(warp='residual', rule=False)}
+trained = {}
+for name, kw in runs.items():
+    t0 = time.perf_counter(); c = train_cap(bfs['train'], steps=2000, checkpoint=big/f'{name}.pt', progress=False, **kw)
+    c.info['alpha'], c.info['seconds'] = alpha, round(time.perf_counter() - t0); trained[name] = c; print(name, f"trained in {c.info['seconds']} s")
+for w in WARPS: save_cap(trained[w], data_dir()/SHIPPED[w], bb)
 shipped = {w: load_cap(warp=w, bb=bb) for w in WARPS}
 res = []
 for seed in (0, 1):
-    r = big/'small' if seed == 0 else make_collections(big/f's{seed}', seed=seed, profile=dict(train=1))  # the same validation and test users as `small`
-    for w, c in shipped.items():
-        res.append(evaluate_cap(c, r, bb, 'test', cache=big/'cache').assign(seed=seed, warp=w))
+    r = big/'small' if seed == 0 else make_collections(big/f's{seed}', seed=seed, profile=dict(train=1))  # validation and test users of the `small` sizes
+    es_ = episode_features(bb, r, 'test', cache=big/'cache')
+    t = method_table(es_, {'zero-shot': zero_shot, 'collection-mean': blend(alpha), **{f'CAP ({n})': with_cap(c) for n, c in trained.items()}})
+    res.append(t.assign(seed=seed))
 shipped_results = pd.concat(res)
 print(shipped_results.round(3).to_string())
 shutil.rmtree(big)
 
 # %% [markdown]
-# A saved CAP (here the small run's low-rank CAP, written and read back; the shipped files are
+# A saved CAP (here the small run's residual CAP, written and read back; the shipped files are
 # written the same way) is refused on any backbone but its own (here a random ViT-B-32, and
 # `world-tiny` with one weight changed):
 
 # %%
-caps_tiny['lowrank'].info['alpha'] = alpha_tiny
-cap = load_cap(save_cap(caps_tiny['lowrank'], tmp/'cap.safetensors', bb), bb=bb)
-test_eq((cap.config['warp'], cap.backbone['name']), ('lowrank', 'world-tiny'))
-test_eq(fingerprint(cap), fingerprint(caps_tiny['lowrank']))
+caps_tiny['residual'].info['alpha'] = alpha_tiny
+small_cap = load_cap(save_cap(caps_tiny['residual'], tmp/'cap.safetensors', bb), bb=bb)
+test_eq((small_cap.config['warp'], small_cap.backbone['name']), ('residual', 'world-tiny'))
+test_eq(fingerprint(small_cap), fingerprint(caps_tiny['residual']))
 other = load_backbone('ViT-B-32', device='cpu')
 test_fail(lambda: load_cap(tmp/'cap.safetensors', bb=other), contains='trained on backbone')
+test_fail(lambda: load_cap(bb=other), contains='trained on backbone')  # the shipped weights too
 changed = load_backbone('world-tiny', device='cpu')
 with torch.no_grad(): changed.model.text_projection[0, 0] += 1e-3
-test_fail(lambda: evaluate_cap(cap, root, changed), contains='trained on backbone')
+test_fail(lambda: evaluate_cap(small_cap, root, changed), contains='trained on backbone')
 del other, changed
-{k: cap.info[k] for k in ('steps', 'batch', 'lr', 'alpha')}
+{k: small_cap.info[k] for k in ('steps', 'batch', 'lr', 'synth', 'alpha')}
 
 # %% [markdown]
 # ## On users it has never seen
 #
-# The small run's CAPs on the tiny test users of seed 3 (no training step has seen them), with the
-# POLAR oracle and CAP on top of POLAR's query embedding:
+# The shipped CAPs (trained on the `small` collections of seed 0) on the tiny test users of seed 3,
+# whom no training step has seen, with the POLAR oracle and the residual CAP on top of POLAR's query
+# embedding:
 
 # %%
-film = caps_tiny['film']
+cap, film = load_cap(bb=bb), load_cap(warp='film', bb=bb)
 es = fs['test']
 t0 = time.perf_counter(); oracle, polar_secs = polar_oracle(bb, cols, es); polar_total = time.perf_counter() - t0
 methods = {'zero-shot': zero_shot, 'collection-mean': blend(cap.info['alpha']), 'CAP (FiLM)': with_cap(film), 'CAP': with_cap(cap),
@@ -584,6 +728,8 @@ main.round(3)
 ev = evaluate_cap(cap, root, bb, cache=tmp/'cache')
 test_eq(list(ev.columns[:7]), ['method', 'kind', 'r@1', 'r@5', 'r@10', 'mrr', 'n_episodes'])
 test_eq(sorted(ev.method.unique()), ['CAP', 'collection-mean', 'zero-shot'])
+r1 = ev.set_index(['method', 'kind'])['r@1']; r10 = ev.set_index(['method', 'kind'])['r@10']
+test_eq(abs(r10['CAP', 'generic'] - r10['zero-shot', 'generic']) < 1e-9, True)  # generic queries are left alone
 ev.round(3)
 
 # %% [markdown]
@@ -597,9 +743,11 @@ cap._memo.clear(); t0 = time.perf_counter()
 for u, rows in es.users.items(): user_summary(cap, es.I[rows])
 cap_user = (time.perf_counter() - t0)/len(es.users)
 t0 = time.perf_counter(); [user_summary(cap, es.I[rows]) for rows in es.users.values()]; cached = (time.perf_counter() - t0)/len(es.users)
+e0 = next(e for e in es.eps if e['personal']); C0 = es.I[es.users[e0['user']]]
+t0 = time.perf_counter(); [cap_scores(cap, C0, e0['q'], es.I[e0['ch']]) for _ in range(20)]; per_query = (time.perf_counter() - t0)/20
 n_things = len(cols.user(es.eps[0]['user'])['truth']['things'])
-pd.DataFrame([dict(method='CAP', per_user_ms=1e3*cap_user, cached_ms=1e3*cached, labels='none'),
-              dict(method='POLAR oracle', per_user_ms=1e3*np.mean(polar_secs)*n_things, cached_ms=np.nan, labels=f'the photos of each of {n_things} things')]).round(2)
+pd.DataFrame([dict(method='CAP', per_user_ms=1e3*cap_user, cached_ms=1e3*cached, per_query_ms=1e3*per_query, labels='none'),
+              dict(method='POLAR oracle', per_user_ms=1e3*np.mean(polar_secs)*n_things, cached_ms=np.nan, per_query_ms=np.nan, labels=f'the photos of each of {n_things} things')]).round(2)
 
 
 # %% [markdown]
@@ -627,7 +775,8 @@ curve[curve.kind == 'personal'].pivot(index='photos', columns='method', values='
 
 # %%
 pe = per_episode.pivot(index='episode', columns='method', values='r@1')
-pick = (list(pe[(pe['CAP'] == 1) & (pe['zero-shot'] == 0)].index[:3]) + list(pe[(pe['CAP'] == 0)].index[:2])) or list(pe.index[:3])
+pick = (list(pe[(pe['CAP'] == 1) & (pe['zero-shot'] == 0)].index[:3]) + list(pe[(pe['CAP'] == 0) & (pe['zero-shot'] == 1)].index[:1])
+        + list(pe[(pe['CAP'] == 0) & (pe['zero-shot'] == 0)].index[:1])) or list(pe.index[:3])
 byid = {e['id']: e for e in es.eps}
 fig, axs = plt.subplots(len(pick), 7, figsize=(11, 1.8*len(pick)), squeeze=False)
 for row, eid in zip(axs, pick):
@@ -643,15 +792,7 @@ plt.tight_layout(); plt.show()
 # %% [markdown]
 # ## What we found
 #
-# On the tiny test users (24 personal and 24 generic episodes), the CAPs trained here do not beat
-# the zero-shot backbone: personal recall@1 is 0.083 for both warps against 0.208 for the backbone,
-# and on generic queries CAP loses recall (low-rank: recall@10 0.583 against 1.000; FiLM: recall@1
-# 0.667 against 0.917). The low-rank warp's training loss does not go down (2.13 over the first 50
-# steps, 2.55 over the last); FiLM's falls to 0.01, so it fits the 12 training users without
-# carrying over to new ones. The collection-mean blend is tuned to weight 0, i.e. the backbone.
-# The POLAR oracle, given the labelled photos CAP does without, reaches personal recall@1 0.583, so
-# the collections do hold what is needed to tell the user's thing from look-alikes; the network as
-# built and trained here does not extract it. The poster gives no numbers to compare with.
+# WHAT_WE_FOUND
 
 # %%
 shutil.rmtree(tmp)

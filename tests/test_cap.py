@@ -98,10 +98,29 @@ def test_save_load_refuse(fs, bb, root, tmp_path):
     assert (t.n_episodes == 4).all()
 
 def test_shipped_weights(bb):
-    f = C.data_dir()/C.SHIPPED['lowrank']
+    f = C.data_dir()/C.SHIPPED['residual']
     if not f.is_file(): pytest.skip('shipped CAP weights not built')
     cap = C.load_cap(bb=bb)
     assert cap.backbone['fingerprint'] == fingerprint(bb.model)
+
+def test_generic_queries_left_alone(fs):
+    es = fs['test']; cap = C.train_cap(fs['train'], steps=30, batch=8, progress=False)
+    assert float(cap.amp) != 0.
+    for e in es.eps:
+        s = C.with_cap(cap)(es, e)
+        if not e['personal']: torch.testing.assert_close(s, C.zero_shot(es, e), atol=1e-5, rtol=0)
+    assert all(e['personal'] == (e['kind'] == 'personal') for sp in fs.values() for e in sp.eps)
+
+def test_collection_episodes(fs):
+    tr = fs['train']; assert tr.things and set(tr.words) == {t['word'] for t in tr.things}
+    b = C.collection_batch(tr, 5, torch.Generator().manual_seed(1), size=12)
+    Cc, M, q, personal, X, XM, t = b
+    assert X.shape[:2] == (5, 12) and personal.all() and XM.all()
+    for i in range(5): assert not (Cc[i][M[i]] == X[i, t[i]]).all(1).any()  # the answer is held out of the collection
+    no_truth = C.EpisodeSet('train', tr.I, tr.users, tr.eps, tr.backbone)
+    with pytest.raises(ValueError, match='no labelled things'): C.train_cap(no_truth, steps=2, batch=4, progress=False)
+    C.train_cap(no_truth, steps=2, batch=4, synth=0., progress=False)
+    with pytest.raises(ValueError, match='between 0 and 1'): C.train_cap(tr, steps=2, synth=2., progress=False)
 
 def test_oracle_query():
     assert C.oracle_query('On the sand, my bag', 'bag') == 'On the sand, sks'
