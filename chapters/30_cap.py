@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt
 from PIL import Image
 from polar_nb.clip import load_backbone
 from polar_nb.world import make_collections
-
+from polar_nb.config import get_settings
 
 # %% [markdown]
 # ## Episodes as features
@@ -76,6 +76,7 @@ class EpisodeSet:
     backbone: str  # fingerprint of the backbone that encoded it
     things: list = field(default_factory=list)  # labelled recurring things: dicts user, word, kind, photos (positions in the collection)
     words: dict = field(default_factory=dict)  # word -> [len(THING_QUERIES), e] text embeddings of its plain personal queries
+
 
 # %%
 test_eq([is_personal(q) for q in ('my bag on the beach', 'On the sand, our cup', 'a red bag on the beach', 'Mummy at the lake')], [True, True, False, False])
@@ -439,6 +440,7 @@ def train_cap(train:EpisodeSet, # the training split's features
     cap.backbone, cap.info = dict(fingerprint=train.backbone), dict(hp, history=hist)
     return cap
 
+
 # %% [markdown]
 # ## Saving and loading
 #
@@ -665,7 +667,7 @@ test_fail(lambda: train_cap(fs['train'], steps=80, batch=8, checkpoint=ck, progr
 # %%
 #| slow
 # NBVAL_SKIP
-t0 = time.perf_counter(); big = Path(tempfile.mkdtemp())
+t0 = time.perf_counter(); big = Path(tempfile.mkdtemp()); ckdir = get_settings().cache_dir/'cap'  # checkpoints outlive an interrupted run
 bcols = Collections(make_collections(big/'small', seed=0, profile='small'))
 bfs = {sp: episode_features(bb, bcols, sp, cache=big/'cache') for sp in ('train', 'validation', 'test')}
 print(f'small collections written and encoded in {time.perf_counter() - t0:.0f} s:', {sp: (len(f.users), len(f.eps)) for sp, f in bfs.items()})
@@ -674,8 +676,8 @@ runs = {'residual': dict(warp='residual'), 'film': dict(warp='film', images=True
         'residual, synth=0': dict(warp='residual', synth=0.), 'residual, rule=False': dict(warp='residual', rule=False)}
 trained = {}
 for name, kw in runs.items():
-    t0 = time.perf_counter(); c = train_cap(bfs['train'], steps=2000, checkpoint=big/f'{name}.pt', progress=False, **kw)
-    c.info['alpha'], c.info['seconds'] = alpha, round(time.perf_counter() - t0); trained[name] = c; print(name, f"trained in {c.info['seconds']} s")
+    t0 = time.perf_counter(); c = train_cap(bfs['train'], steps=2000, checkpoint=ckdir/f'{name}.pt', progress=False, **kw)
+    c.info['alpha'], c.info['seconds'] = alpha, round(time.perf_counter() - t0); trained[name] = c; print(name, f"{c.info['seconds']} s", '(read from its finished checkpoint)' if c.info['seconds'] < 30 else '(trained)')
 for w in WARPS: save_cap(trained[w], data_dir()/SHIPPED[w], bb)
 shipped = {w: load_cap(warp=w, bb=bb) for w in WARPS}
 res = []
@@ -792,7 +794,25 @@ plt.tight_layout(); plt.show()
 # %% [markdown]
 # ## What we found
 #
-# WHAT_WE_FOUND
+# On users no training step has seen, the shipped residual CAP finds the user's own thing about
+# twice as often as the backbone: personal recall@1 0.368 against 0.181 on the test users of seed 0,
+# 0.292 against 0.097 on those of seed 1, and 0.333 against 0.208 on the 24 tiny test episodes of
+# seed 3 above, ahead of the collection-mean blend each time (0.229, 0.139; on the tiny users the
+# blend tuned on their validation users has weight 0, i.e. is the backbone). Queries that name
+# nothing personal are left exactly as the backbone ranks them (recall@10 1.000 on both seeds).
+# What makes it work is measured in the shipped cell: without the collection episodes (`synth=0`)
+# the same network learns nothing that carries over (0.181 and 0.194), and without the rule that
+# leaves non-personal queries alone it keeps most of the personal gain (0.347, 0.250) but costs
+# generic queries 0.042 of recall@10 and 0.097 of recall@1 on seed 0: the world's CLIP cannot tell
+# "my bag on the beach" from "a bag on the beach" by its embedding. The FiLM warp, with no direct
+# path from the photos' embeddings to the query, stays at the backbone (0.174, 0.111). The CI-sized
+# CAPs trained here on 12 users do not beat the backbone (0.167 and 0.125 against 0.208): a dozen
+# users are too few. POLAR given the labelled photos reaches 0.583 on the tiny users, and CAP on
+# top of POLAR's query hurts it (0.208): the prototype pulls an already personalised query back
+# towards the collection's photos. CAP costs about 3 ms per user on this CPU (then 0.2 ms cached,
+# under 1 ms per query) against about 0.9 s of POLAR training per user's four things. Accuracy
+# rises little with collection size on 24 episodes (0.29 at one photo, 0.33 at 16 and 32), too few
+# to read a curve from. The poster gives no numbers to compare with.
 
 # %%
 shutil.rmtree(tmp)

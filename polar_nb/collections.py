@@ -96,7 +96,7 @@ def _alikes(users:list, user:User, k:int)->list:
 def personal_episode(rng, user:User, users:list, size:int)->dict:
     "One personal episode of `user` as scenes: query, target, challenge [(scene, role)] (roles say what each photo is)."
     k = int(rng.integers(len(user.things))); word, look = user.things[k]; P = str(rng.choice(list(CONTEXTS)))
-    others = [c for c in CONTEXTS if c != P]; alikes = _alikes(users, user, k) or [sample_look(rng, look.cls)]
+    others = [c for c in CONTEXTS if c != P]; alikes = _alikes(users, user, k) or [_outfit(rng) if isinstance(look, Outfit) else sample_look(rng, look.cls)]  # no other user has one: a stranger's
     pick = lambda xs, n: [xs[i] for i in rng.choice(len(xs), n, replace=len(xs) < n)]
     ch = [(thing_photo(rng, look, P, k), 'target')]
     ch += [(thing_photo(rng, look, str(c), k), 'mine elsewhere') for c in rng.choice(others, 3, replace=False)]
