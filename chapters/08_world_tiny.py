@@ -4,12 +4,12 @@
 # > The embedded backbone: an open_clip CLIP trained contrastively on generic world scenes, never on a personal concept.
 
 # %% [markdown]
-# No pretrained CLIP can reach the machines this book runs on, so the package trains its own on
-# the world of the previous chapter. It is a real open_clip `CLIP` (a ResNet image tower, open_clip's
-# `ModifiedResNet` as in OpenAI's RN50 CLIP, and a transformer text tower with the standard BPE
-# tokenizer, so `sks` is one token), small enough to train on a CPU and to ship in `data/` as
-# safetensors. Its text tower has six layers, so the layer ablations of the paper have somewhere to
-# go.
+# No pretrained CLIP can reach the machines this book runs on, so the package trains its own on the
+# [embedded world](06_world.ipynb) (drawn by the [scenes](05_scenes.ipynb) chapter). It is a real
+# open_clip `CLIP` (a ResNet image tower, open_clip's `ModifiedResNet` as in OpenAI's RN50 CLIP, and
+# a transformer text tower with the standard BPE tokenizer, so `sks` is one token), small enough to
+# train on a CPU and to ship in `data/` as safetensors. Its text tower has six layers, so the layer
+# ablations of the paper have somewhere to go.
 #
 # It only ever sees *generic* scenes (`polar_nb.world.generic_scenes`): the personal concepts'
 # attribute combinations are excluded from them, so what POLAR learns about a concept is not
