@@ -242,16 +242,16 @@ def _lr(step:int, steps:int, lr:float, warmup:int=50)->float:
     return float(lr*(.1 + .45*(1 + np.cos(np.pi*(step - warmup)/max(1, steps - warmup)))))  # a float: checkpoints load with weights_only
 
 def _resume(path, key:str, cap:CAP, opt)->tuple:
-    "(step, history) of the checkpoint at `path` (loaded into `cap` and `opt`), or (0, []) when there is none."
-    if path is None or not Path(path).is_file(): return 0, []
+    "(step, history, seconds trained) of the checkpoint at `path` (loaded into `cap` and `opt`), or (0, [], 0.) when there is none."
+    if path is None or not Path(path).is_file(): return 0, [], 0.
     ck = torch.load(path, weights_only=True)
     if ck.get('key') != key: raise ValueError(f"checkpoint {path} belongs to another training run (other settings or data): remove it or give another checkpoint path")
     cap.load_state_dict(ck['model']); opt.load_state_dict(ck['opt'])
-    return int(ck['step']), list(ck['history'])
+    return int(ck['step']), list(ck['history']), float(ck.get('seconds', 0.))
 
-def _checkpoint(path, key:str, cap:CAP, opt, step:int, hist:list):
-    "Write a checkpoint atomically."
-    atomic_write(path, lambda fh: torch.save(dict(key=key, model=cap.state_dict(), opt=opt.state_dict(), step=step, history=hist), fh))
+def _checkpoint(path, key:str, cap:CAP, opt, step:int, hist:list, seconds:float):
+    "Write a checkpoint atomically (with the training time spent so far, over all the runs that reached it)."
+    atomic_write(path, lambda fh: torch.save(dict(key=key, model=cap.state_dict(), opt=opt.state_dict(), step=step, history=hist, seconds=seconds), fh))
 
 # %% ../nbs/30_cap.ipynb #71b96b17
 def _run_key(cap:CAP, hp:dict, es:EpisodeSet)->str:
@@ -279,8 +279,8 @@ def train_cap(train:EpisodeSet, # the training split's features
     opt = torch.optim.AdamW(cap.parameters(), lr=lr, weight_decay=wd)
     hp = dict(steps=steps, batch=batch, lr=lr, synth=synth, seed=seed, low=low, wd=wd)
     key, n_synth = _run_key(cap, hp, train), round(batch*synth)
-    start, hist = _resume(checkpoint, key, cap, opt)
-    cap.train()
+    start, hist, before = _resume(checkpoint, key, cap, opt)
+    t0 = time.perf_counter(); cap.train()
     for step in tqdm(range(start, steps), desc=f'CAP ({warp})', disable=not progress, initial=start, total=steps):
         g = torch.Generator().manual_seed(seed*1_000_003 + step)
         for grp in opt.param_groups: grp['lr'] = _lr(step, steps, lr)
@@ -289,9 +289,9 @@ def train_cap(train:EpisodeSet, # the training split's features
             loss = episode_loss(cap, train, torch.randint(len(train.eps), (batch - n_synth,), generator=g).tolist(), g, low, n_synth)
             opt.zero_grad(); loss.backward()
         nn.utils.clip_grad_norm_(cap.parameters(), 1.); opt.step(); hist.append(round(loss.item(), 5))
-        if checkpoint and ((step + 1) % every == 0 or step + 1 == steps): _checkpoint(checkpoint, key, cap, opt, step + 1, hist)
+        if checkpoint and ((step + 1) % every == 0 or step + 1 == steps): _checkpoint(checkpoint, key, cap, opt, step + 1, hist, before + time.perf_counter() - t0)
     cap.eval(); cap._memo.clear()
-    cap.backbone, cap.info = dict(fingerprint=train.backbone), dict(hp, history=hist)
+    cap.backbone, cap.info = dict(fingerprint=train.backbone), dict(hp, history=hist, seconds=round(before + time.perf_counter() - t0, 1))
     return cap
 
 # %% ../nbs/30_cap.ipynb #dfc77c30
