@@ -166,6 +166,7 @@ class PolarNeg(Polar):
                  name:str|None=None, # its name in tables (default: 'POLAR + negs')
                  **kw, # `Polar`'s arguments: lam, iters, lr, seed, ...
                 ):
+        if kw.get('combine') == 'token': raise ValueError("PolarNeg does not train with combine='token' (its updates are not token-local, so the token strategy would combine them wrongly): use combine='sum', 'mean', 'orthogonal' or 'norm', or Polar(combine='token') without negatives")
         super().__init__(name=name or 'POLAR + negs', neg_weight=neg_weight, **kw)
     def settings(self): return dict(super().settings(), negatives='other concepts')
 
@@ -198,6 +199,7 @@ test_eq(PolarNeg().fit(bb, few, cache).counts, dict(trained=0, loaded=3))
 test_eq(PolarNeg().fit(bb, cs.subset(cs.ids[:4]), cache).counts, dict(trained=4, loaded=0))  # other negatives: other updates
 p0, n0 = Polar().fit(bb, few, False), PolarNeg(neg_weight=0).fit(bb, few, False)
 for c in few.ids: assert torch.equal(p0.updates[c].B, n0.updates[c].B)
+test_fail(lambda: PolarNeg(combine='token'), contains="does not train with combine='token'")  # refused, not trained with the wrong words
 test_eq(pn.updates[few.ids[0]].meta['n_negatives'], 10)
 test_eq(pn.settings()['neg_weight'], 1.0)
 pn.updates[few.ids[0]]

@@ -46,6 +46,7 @@ class PolarNeg(Polar):
                  name:str|None=None, # its name in tables (default: 'POLAR + negs')
                  **kw, # `Polar`'s arguments: lam, iters, lr, seed, ...
                 ):
+        if kw.get('combine') == 'token': raise ValueError("PolarNeg does not train with combine='token' (its updates are not token-local, so the token strategy would combine them wrongly): use combine='sum', 'mean', 'orthogonal' or 'norm', or Polar(combine='token') without negatives")
         super().__init__(name=name or 'POLAR + negs', neg_weight=neg_weight, **kw)
     def settings(self): return dict(super().settings(), negatives='other concepts')
 
