@@ -480,6 +480,7 @@ def load_cap(path:str|Path|None=None, # a file written by `save_cap`; default: t
     "Load a CAP from a safetensors file (checked: format, checksum, and the backbone when given)."
     from safetensors import safe_open
     from safetensors.torch import load_file
+    if path is None and warp not in SHIPPED: raise ValueError(f"no shipped CAP of warp {warp!r}: the shipped ones are {list(SHIPPED)}")
     path = Path(path) if path is not None else data_dir()/SHIPPED[warp]
     if not path.is_file(): raise FileNotFoundError(f"no CAP weights file {path}" + (" (the shipped weights are trained by the slow cell of the CAP chapter)" if path.parent == data_dir() else ''))
     with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
@@ -708,6 +709,7 @@ test_eq(fingerprint(small_cap), fingerprint(caps_tiny['residual']))
 other = load_backbone('ViT-B-32', device='cpu')
 test_fail(lambda: load_cap(tmp/'cap.safetensors', bb=other), contains='trained on backbone')
 test_fail(lambda: load_cap(bb=other), contains='trained on backbone')  # the shipped weights too
+test_fail(lambda: load_cap(warp='lowrank'), contains='no shipped CAP of warp')
 changed = load_backbone('world-tiny', device='cpu')
 with torch.no_grad(): changed.model.text_projection[0, 0] += 1e-3
 test_fail(lambda: evaluate_cap(small_cap, root, changed), contains='trained on backbone')
@@ -801,26 +803,26 @@ plt.tight_layout(); plt.show()
 #
 # On users no training step has seen, the shipped residual CAP finds the user's own thing about
 # twice as often as the backbone: personal recall@1 0.310 against 0.136 on average over the test
-# users of seeds 0, 1, 2, 4 and 5 (0.333 against 0.181 on seed 0, its smallest gain 0.153 on seed
-# 4), and 0.458 against 0.208 on the 24 tiny test episodes of seed 3 above, ahead of the
-# collection-mean blend each time (0.168 on average; on the tiny users the blend tuned on their own
-# validation users has weight 0, i.e. is the backbone). Queries that name nothing personal are left
-# exactly as the backbone ranks them (recall@10 0.997 on average for both). What makes it work is
-# measured in the shipped cell: without the collection episodes (`synth=0`) the same network keeps
-# less than half the gain (0.226), and without the rule that leaves non-personal queries alone it
-# gains as much on personal queries (0.321) but costs generic ones recall@10 (0.981 against 0.997;
-# 0.035 on seed 4): the world's CLIP cannot tell "my bag on the beach" from "a bag on the beach" by
-# its embedding. The FiLM warp, with no direct path from the photos' embeddings to the query, stays
-# at the backbone (0.135). Training users matter: the CAPs of the small run above, trained on 12
-# users, do not beat the backbone (0.167 and 0.125 against 0.208), and 300 users do better than 100
-# ([lab notes](90_lab_notes.ipynb#cap-training-users)). CAP gains with the collection: on the tiny
-# users it is the backbone with one photo (0.208), 0.333 with four and 0.458 with 32. POLAR given
-# the labelled photos reaches 0.583 on the tiny users, and CAP on top of POLAR's query hurts it
-# (0.208): the prototype pulls an already personalised query back towards the collection's photos.
-# CAP costs about 2 ms per user on this CPU (then 0.15 ms cached, under 1 ms per query) against
-# about 0.8 s of POLAR training per user's four things; training the shipped CAP takes 3 minutes on
-# two CPU cores, and writing and encoding its collections 6.5. The poster gives no numbers to
-# compare with.
+# users of seeds 0, 1, 2, 4 and 5 (0.333 against 0.181 on seed 0; its smallest gains, 0.152 and
+# 0.153, on seeds 0 and 4), and 0.458 against 0.208 on the 24 tiny test episodes of seed 3 above,
+# ahead of the collection-mean blend each time (0.168 on average; on the tiny users the blend tuned
+# on their own validation users has weight 0, i.e. is the backbone). Queries that name nothing
+# personal are left exactly as the backbone ranks them (recall@10 0.997 on average for both). What
+# makes it work is measured in the shipped cell: without the collection episodes (`synth=0`) the
+# same network keeps about half the gain (0.226), and without the rule that leaves non-personal
+# queries alone it gains as much on personal queries (0.321) but costs generic ones recall@10 (0.981
+# against 0.997; 0.035 on seed 4): the world's CLIP cannot tell "my bag on the beach" from "a bag on
+# the beach" by its embedding. The FiLM warp, with no direct path from the photos' embeddings to the
+# query, stays at the backbone (0.135). Training users matter: the CAPs of the small run above,
+# trained on 12 users, do not beat the backbone (0.167 and 0.125 against 0.208), and 300 users do
+# better than 100 ([lab notes](90_lab_notes.ipynb#cap-training-users)). CAP gains with the
+# collection: on the tiny users it is the backbone with one photo (0.208), 0.333 with four and 0.458
+# with 32. POLAR given the labelled photos reaches 0.583 on the tiny users, and CAP on top of
+# POLAR's query hurts it (0.208): the prototype pulls an already personalised query back towards the
+# collection's photos. CAP costs about 2 ms per user on this CPU (then 0.15 ms cached, under 1 ms
+# per query) against about 0.8 s of POLAR training per user's four things; training the shipped CAP
+# takes 3 minutes on two CPU cores, and writing and encoding its collections 6.5. The poster gives
+# no numbers to compare with.
 
 # %%
 shutil.rmtree(tmp)

@@ -322,6 +322,7 @@ def load_cap(path:str|Path|None=None, # a file written by `save_cap`; default: t
     "Load a CAP from a safetensors file (checked: format, checksum, and the backbone when given)."
     from safetensors import safe_open
     from safetensors.torch import load_file
+    if path is None and warp not in SHIPPED: raise ValueError(f"no shipped CAP of warp {warp!r}: the shipped ones are {list(SHIPPED)}")
     path = Path(path) if path is not None else data_dir()/SHIPPED[warp]
     if not path.is_file(): raise FileNotFoundError(f"no CAP weights file {path}" + (" (the shipped weights are trained by the slow cell of the CAP chapter)" if path.parent == data_dir() else ''))
     with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
