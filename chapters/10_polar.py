@@ -1075,6 +1075,191 @@ with tempfile.TemporaryDirectory() as d:
 back
 
 # %% [markdown]
+# ## Many runs, one loop
+#
+# A run is one call of `personalize`. A sweep (the [sweep engine](13_sweep.ipynb)) and every method
+# fitted on many concepts train many runs. Runs that share the *shape* of their update (which weight,
+# layers, rank, the exact or approximate function, the number of iterations) can share one loop:
+# the EOT summaries of every run's prompts are computed once and stacked row by row, each row
+# carries its own run's factors (`finish_eot` applies factors with a leading row dimension row by
+# row), and the loss is the sum of the runs' losses. Run $r$'s parameters enter only its own loss,
+# so the gradient each receives is the gradient of its own run. The runs' parameters are the rows
+# of one tensor, and `StackedAdam` takes torch's Adam (or AdamW) step elementwise with each row's
+# own learning rate and weight decay; each run keeps its own random generator for its
+# initialisation and its negatives. The update at every
+# step is therefore that of the run alone, up to the order of floating-point sums.
+#
+# Sites the EOT-row path does not cover (q and k, layers below the last) are trained one run after
+# another by `personalize` itself: exact, but not faster.
+
+# %%
+#| export
+SHARED = ('rank', 'param', 'layer', 'iters', 'exact', 'token')  # what the runs of one batch must share
+PER_RUN = ('lam', 'lr', 'seed', 'optimizer', 'weight_decay', 'neg_weight')  # what may differ between them
+
+def _each(name:str, v, n:int)->list:
+    "`v` as one value per run: a list or tuple of `n` values, or one value for all."
+    if not isinstance(v, (list, tuple)): return [v] * n
+    if len(v) != n: raise ValueError(f"{name}: {len(v)} values given for {n} runs (give one value, or one per run)")
+    return list(v)
+
+def _each_of(name:str, v, n:int, one)->list:
+    "Per run for arguments whose single value is itself a list (`one(v)` says whether `v` is one value)."
+    return [v] * n if one(v) else _each(name, v, n)
+
+
+# %%
+test_eq(_each('lam', 0.1, 3), [0.1]*3); test_eq(_each('lam', [0, 1, 2], 3), [0, 1, 2])
+test_fail(lambda: _each('lam', [0, 1], 3), contains='lam: 2 values given for 3 runs')
+test_eq(_each_of('prompts', ['a *'], 2, lambda v: v is None or isinstance(v[0], str)), [['a *'], ['a *']])
+
+
+# %%
+#| export
+def _run_hp(bb:Backbone, run:dict)->dict:
+    "A run's per-run hyper-parameters, defaults filled in and checked as `personalize` checks them."
+    d = bb.defaults
+    if run['optimizer'] not in OPTIMIZERS: raise ValueError(f"optimizer {run['optimizer']!r}: one of {list(OPTIMIZERS)}")
+    return dict(lam=_number('lam', d['lam'] if run['lam'] is None else run['lam']),
+                lr=_number('lr', d['lr'] if run['lr'] is None else run['lr'], strict=True),
+                seed=_number('seed', run['seed'], integer=True), optimizer=run['optimizer'],
+                weight_decay=_number('weight_decay', run['weight_decay']), neg_weight=_number('neg_weight', run['neg_weight']))
+
+class StackedAdam:
+    "Adam and AdamW (torch's defaults: betas 0.9, 0.999, eps 1e-8) on a [runs, n] tensor, each row with its own lr, weight decay and kind."
+    def __init__(self, theta:torch.Tensor, hps:list, betas=(0.9, 0.999), eps=1e-8):
+        col = lambda k: torch.tensor([float(h[k]) for h in hps], dtype=theta.dtype, device=theta.device)[:, None]
+        self.theta, self.lr, self.wd, self.betas, self.eps, self.t = theta, col('lr'), col('weight_decay'), betas, eps, 0
+        self.decoupled = torch.tensor([h['optimizer'] == 'adamw' for h in hps], device=theta.device)[:, None]
+        self.m, self.v = torch.zeros_like(theta), torch.zeros_like(theta)
+    @torch.no_grad()
+    def step(self):
+        "One step of every row, as torch.optim.Adam / AdamW take it on that row alone."
+        (b1, b2), p, g = self.betas, self.theta, self.theta.grad
+        self.t += 1
+        p.mul_(torch.where(self.decoupled, 1 - self.lr * self.wd, 1.))
+        g = g + torch.where(self.decoupled, 0., self.wd) * p
+        self.m.lerp_(g, 1 - b1); self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (self.v.sqrt() / math.sqrt(1 - b2**self.t)).add_(self.eps)
+        p.addcdiv_(self.m * (-self.lr / (1 - b1**self.t)), denom)
+
+
+# %%
+#| export
+def _batched_loss(bb, S, rows, Y, factors_of, theta, shapes, hps, N, idx_neg):
+    "The runs' losses [R] for the stacked summaries `S` (row i belongs to run rows[i]), the runs' factors the rows of `theta`."
+    (nA, sA), (_, sB) = shapes
+    R = len(theta)
+    A = F.normalize(theta[:, :nA].view(R, *sA), dim=-1)  # [R, sites, r, d_in]
+    B = theta[:, nA:].view(R, *sB)  # [R, sites, d_out, r]
+    E = F.normalize(finish_eot(bb, S, factors_of(A[rows], B[rows])), dim=-1)
+    cnt = torch.bincount(rows, minlength=R).to(E)
+    per = lambda v: torch.zeros(R, dtype=E.dtype, device=E.device).index_add(0, rows, v) / cnt
+    loss = per(((E - Y)**2).mean(-1)) + torch.tensor([h['lam'] for h in hps]).to(E) * (B**2).flatten(1).mean(1)
+    if N is not None:
+        w = torch.tensor([h['neg_weight'] if m else 0. for h,m in zip(hps, idx_neg[1])]).to(E)
+        loss = loss - w * per(((E - N[idx_neg[0]])**2).mean(-1))
+    return loss
+
+
+# %%
+#| export
+def _neg_rows(negs:list, gens:list, counts:list, device)->tuple:
+    "One negative per training row, drawn for each run with its own generator as `personalize` draws them."
+    idx, off, cat, has = [], [], 0, []
+    for N, g, n in zip(negs, gens, counts):
+        has.append(N is not None)
+        if N is None: idx.append(torch.zeros(n, dtype=torch.long)); continue
+        idx.append(_sample(len(N), n, g) + cat); cat += len(N)
+    return torch.cat(idx).to(device), has
+
+def _train_batch(bb, Ys, toks, negs, hps, param, layers, rank, exact, iters, check_divergence, progress, token, many):
+    "Train the runs together on the EOT-row path; one `LowRankUpdate` per run."
+    sites = [(p, l) for p in _params(param) for l in layers]
+    (d_out, d_in), R = site_shape(bb, param), len(Ys)
+    gens = [torch.Generator().manual_seed(h['seed']) for h in hps]
+    init = [_init_factors(d_out, d_in, rank, len(sites), g) for g in gens]
+    shapes = ((init[0][0].numel(), init[0][0].shape), (init[0][1].numel(), init[0][1].shape))
+    theta = nn.Parameter(torch.stack([torch.cat([A.flatten(), B.flatten()]) for A,B in init]).to(bb.device))  # [R, n]: one row per run
+    opt, hist, watch = StackedAdam(theta, hps), [[] for _ in range(R)], None
+    rows = torch.cat([torch.full((len(y),), i) for i,y in enumerate(Ys)]).to(bb.device)
+    Y, counts = torch.cat(Ys), [len(y) for y in Ys]
+    has_neg = [N for N in negs if N is not None]
+    Nall = torch.cat(has_neg) if has_neg else None
+    factors_of = lambda A, B: [(p, l, A[:, s], B[:, s]) for s,(p,l) in enumerate(sites)]
+    with _frozen(bb.model), torch.enable_grad():
+        Ss = [_memo_batch(bb, t, exact) for t in toks]
+        S = {k: torch.cat([s[k] for s in Ss]) for k in Ss[0]}
+        for it in tqdm(range(iters), desc=f'{R} runs', disable=not progress):
+            neg = _neg_rows(negs, gens, counts, bb.device) if Nall is not None else None
+            loss = _batched_loss(bb, S, rows, Y, factors_of, theta, shapes, hps, Nall, neg)
+            for h,l in zip(hist, loss.tolist()): h.append(l)
+            watch = _check_step(hist, hps, it, check_divergence, watch)
+            theta.grad = None
+            loss.sum().backward()
+            opt.step()
+    return [_finish(bb, i, t, shapes, h, hp, param, layers, many, token, dict(iters=iters, rank=rank, exact=exact), len(y), N, check_divergence)
+            for i,(t,h,hp,y,N) in enumerate(zip(theta, hist, hps, Ys, negs))]
+
+
+# %%
+#| export
+def _check_step(hist:list, hps:list, it:int, check:bool, watch:np.ndarray|None)->np.ndarray:
+    "`TrainingDiverged` naming the first run whose loss is not finite, or (if `check`) rose as `personalize` refuses; the runs' highest losses."
+    last = np.array([h[-1] for h in hist])
+    top = last if watch is None else np.maximum(watch, last)
+    bad = ~np.isfinite(last) | (check & (top > np.array([h[0] + 10 * max(abs(h[0]), 1e-4) for h in hist])))
+    for i in np.flatnonzero(bad)[:1]:
+        h, hp = hist[i], hps[i]
+        if not math.isfinite(h[-1]): raise TrainingDiverged(f"run {i}: loss is {h[-1]} at iteration {it} (lr {hp['lr']}, lam {hp['lam']}): training diverged")
+        raise TrainingDiverged(f"run {i}: training diverged at iteration {it} (lr {hp['lr']}, lam {hp['lam']}): {_divergence(h, 0., 1.)}; try a smaller lr")
+    return top
+
+def _finish(bb, i, theta, shapes, hist, hp, param, layers, many, token, shared, n, N, check):
+    "The `LowRankUpdate` of one trained run, with the metadata `personalize` records."
+    (nA, sA), (_, sB) = shapes
+    A, B = theta.detach()[:nA].view(sA), theta.detach()[nA:].view(sB)
+    meta = dict(lam=hp['lam'], iters=shared['iters'], lr=hp['lr'], rank=shared['rank'], seed=hp['seed'], exact=shared['exact'],
+                optimizer=hp['optimizer'], weight_decay=hp['weight_decay'], n_images=n, n_negatives=0 if N is None else len(N),
+                neg_weight=hp['neg_weight'], pretrained=bb.pretrained)
+    if check and (why := _divergence(hist, float(B.norm()), _site_norm(bb, param, layers))): raise TrainingDiverged(
+        f"run {i}: training diverged after {shared['iters']} iterations (lr {hp['lr']}, lam {hp['lam']}): {why}; try a smaller lr")
+    return _make_update(bb, F.normalize(A, dim=-1), B, param, layers, many, token, hist, meta)
+
+
+# %%
+#| export
+def personalize_many(bb:Backbone, # the backbone (its weights are left untouched)
+                     feats:list, # one feature set [n_i, e] per run (the concept's training images)
+                     prompts=None, # templates with `*` (one list for all runs, or one per run; default: `TEMPLATES`)
+                     *, lam=None, lr=None, seed=0, optimizer='adam', weight_decay=0.0, neg_weight=1.0, # one value, or one per run
+                     negatives=None, # features of other concepts' images: one tensor for all runs, or one (or None) per run
+                     rank:int=1, param='v', layer=-1, iters:int|None=None, exact:bool=True, token:str='sks', # shared by all runs
+                     progress:bool=False, check_divergence:bool=True,
+                    )->list[LowRankUpdate]:
+    "Train one POLAR run per feature set together: each the update `personalize` would learn alone with the same arguments."
+    n = len(feats)
+    if n == 0: return []
+    kw = dict(lam=lam, lr=lr, seed=seed, optimizer=optimizer, weight_decay=weight_decay, neg_weight=neg_weight)
+    runs = [dict(zip(kw, vals)) for vals in zip(*(_each(k, v, n) for k,v in kw.items()))]
+    ps = _each_of('prompts', prompts, n, lambda v: v is None or (len(v) > 0 and isinstance(v[0], str)))
+    ns = _each_of('negatives', negatives, n, lambda v: v is None or isinstance(v, (torch.Tensor, np.ndarray)))
+    shared = dict(rank=rank, param=param, layer=layer, iters=iters, exact=exact, token=token, check_divergence=check_divergence)
+    layers, many = _layers(bb, param, layer)
+    if not _fast_ok(bb, [(p, l, None, None) for p in _params(param) for l in layers]):  # q, k, lower layers: one run at a time
+        return [personalize(bb, f, p, negatives=N, **r, **shared) for f,p,N,r in zip(tqdm(feats, disable=not progress), ps, ns, runs)]
+    iters = _number('iters', bb.defaults['iters'] if iters is None else iters, 1, integer=True)
+    rank = _number('rank', rank, 1, integer=True)
+    if not 1 <= rank <= min(site_shape(bb, param)): raise ValueError(f"rank {rank} for a {list(site_shape(bb, param))} weight")
+    _check_tower(bb)
+    hps = [_run_hp(bb, r) for r in runs]
+    Ys = [_unit_features(bb, f, f'feats[{i}]') for i,f in enumerate(feats)]
+    Ns = [None if N is None else _unit_features(bb, N, f'negatives[{i}]') for i,N in enumerate(ns)]
+    toks = [_prompt_tokens(bb, len(y), token, p) for y,p in zip(Ys, ps)]
+    return _train_batch(bb, Ys, toks, Ns, hps, param, layers, rank, exact, iters, check_divergence, progress, token, many)
+
+
+# %% [markdown]
 # ## What we found
 #
 # On a ViT-B-32 with random weights and random images (what is checked here is arithmetic, which

@@ -123,7 +123,10 @@ def personalize_negs(bb:Backbone, # the backbone
                      **kw, # `personalize`'s other arguments: neg_weight, lam, iters, lr, seed, ...
                     )->LowRankUpdate:
     "`personalize` with the negative loss of Eq. 9–10; `TrainingDiverged` when |ΔW| grows past 100× the weight it changes."
-    u = personalize(bb, feats, prompts, negatives=negatives, check_divergence=False, **kw)
+    return check_negs(bb, personalize(bb, feats, prompts, negatives=negatives, check_divergence=False, **kw))
+
+def check_negs(bb:Backbone, u:LowRankUpdate)->LowRankUpdate:
+    "`u`, or `TrainingDiverged` when its |ΔW| is past 100× the norm of the weight it changes (the divergence the negative loss can cause)."
     W, dW = _site_norm(bb, u.param, u.layers), sum(float(u.delta(i).norm())**2 for i in range(len(u.layers)))**0.5
     if dW > 100 * W: raise TrainingDiverged(
         f"training with negatives diverged: |ΔW| = {dW:.4g} is {dW/W:.3g} times the norm of the weight it changes ({W:.4g}); try a smaller lr")
@@ -170,21 +173,9 @@ class PolarNeg(Polar):
         super().__init__(name=name or 'POLAR + negs', neg_weight=neg_weight, **kw)
     def settings(self): return dict(super().settings(), negatives='other concepts')
 
-    def fit(self, bb, cs, cache=True, progress=False):
-        root, hp = cache_root(cache), self.resolved(bb, cs.benchmark)
-        weights = fingerprint(bb.model) if root else None
-        self.updates, self.counts = {}, dict(trained=0, loaded=0)
-        for c in tqdm(cs.ids, desc=f'{self.name} ({bb.name})', disable=not progress):
-            self.words[c] = w = concept_word(self.word, cs, c, self.token)
-            prompts, N = concept_prompts(w, self.templates), other_images(cs, c)
-            key = dict(hp, token=self.token, prompts=prompts, negatives=content_hash(N))
-            f = root and concept_file(root, 'polar-negs', bb, weights, c, cs.hashes[c], key)
-            if f and f.is_file() and (u := _cached(lambda: LowRankUpdate.load(f, bb), f, 'update')) is not None:
-                self.updates[c] = u; self.counts['loaded'] += 1; continue
-            self.updates[c] = u = personalize_negs(bb, cs.feats[c], N, prompts, token=self.token, **hp)
-            if f: u.save(f)
-            self.counts['trained'] += 1
-        return self
+    folder, train_args = 'polar-negs', dict(check_divergence=False)  # `check_negs` checks instead
+    def concept_args(self, cs, c): return dict(negatives=other_images(cs, c))
+    def checked(self, bb, u): return check_negs(bb, u)
 
 
 # %% [markdown]

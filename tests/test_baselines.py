@@ -117,13 +117,14 @@ def test_polar_mean_combination(bb, cs, multi, queries, tmp_path):
     Polar(iters=3).fit(bb, cs, cache=tmp_path)
     assert Polar(iters=3, combine='mean').fit(bb, cs, cache=tmp_path).counts == dict(trained=0, loaded=len(cs.ids))
 
-def _counting(monkeypatch, name):
+def _counting(monkeypatch, name, runs=lambda a: 1):
+    "Count the runs trained through `B.<name>` (`runs(args)`: how many runs one call trains)."
     calls, real = [], getattr(B, name)
-    monkeypatch.setattr(B, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(B, name, lambda *a, **k: calls.extend([1] * runs(a)) or real(*a, **k))
     return calls
 
 def test_cache_is_used_on_rerun(bb, cs, queries, tmp_path, monkeypatch):
-    calls = _counting(monkeypatch, 'personalize')
+    calls = _counting(monkeypatch, 'personalize_many', runs=lambda a: len(a[1]))  # one batched call trains every concept not cached
     first = Polar(iters=3).fit(bb, cs, cache=tmp_path)
     assert len(calls) == 3 and first.counts == dict(trained=3, loaded=0)
     second = Polar(iters=3).fit(bb, cs, cache=tmp_path)
@@ -133,27 +134,27 @@ def test_cache_is_used_on_rerun(bb, cs, queries, tmp_path, monkeypatch):
     assert len(calls) == 6  # another hyper-parameter is another key
     Polar(iters=3).fit(bb, cs, cache=False)
     assert len(calls) == 9  # no cache: always trains
-    ti_calls = _counting(monkeypatch, 'invert_token')
+    ti_calls = _counting(monkeypatch, 'invert_tokens', runs=lambda a: len(a[1]))
     TextualInversion(iters=2).fit(bb, cs, cache=tmp_path); TextualInversion(iters=2).fit(bb, cs, cache=tmp_path)
     assert len(ti_calls) == 3
     assert len(list((tmp_path/'personal').rglob('*.safetensors'))) == 9 and not list(tmp_path.rglob('*.tmp'))
 
 def test_cache_keyed_by_backbone_weights(cc, tmp_path, monkeypatch):
-    calls = _counting(monkeypatch, 'personalize')
+    calls = _counting(monkeypatch, 'personalize_many', runs=lambda a: len(a[1]))
     for seed in (0, 1):  # same name, other weights
         bb = tiny_backbone(seed)
         Polar(iters=2).fit(bb, concept_set(cc, bb, cache=False), cache=tmp_path)
     assert len(calls) == 6
 
 def test_interrupted_run_resumes(bb, cs, tmp_path, monkeypatch):
-    real, calls = B.personalize, []
+    real, calls = B.personalize_many, []
     def flaky(*a, **k):
         calls.append(1)
         if len(calls) == 2: raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(B, 'personalize', flaky)
-    with pytest.raises(KeyboardInterrupt): Polar(iters=2).fit(bb, cs, cache=tmp_path)
-    p = Polar(iters=2).fit(bb, cs, cache=tmp_path)
+    monkeypatch.setattr(B, 'personalize_many', flaky)
+    with pytest.raises(KeyboardInterrupt): Polar(iters=2, batch=1).fit(bb, cs, cache=tmp_path)  # batches of one concept: the first is kept
+    p = Polar(iters=2, batch=1).fit(bb, cs, cache=tmp_path)
     assert p.counts == dict(trained=2, loaded=1) and len(calls) == 4
 
 def test_textual_inversion(bb, cs, multi):

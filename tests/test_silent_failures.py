@@ -11,12 +11,8 @@ from polar_nb.baselines import AvgImText, Polar, TextOnly, caption_recall, conce
 from polar_nb.clip import content_hash, fingerprint, image_features, load_backbone, pretrained_file
 from polar_nb.metrics import metrics_table, positive_ranks
 from polar_nb.polar import LowRankUpdate, TrainingDiverged, encode_text, personalize, random_update
-from test_baselines import tiny_backbone, _images, cc, bb  # noqa: F401  (fixtures)
+from test_baselines import tiny_backbone, _images, _counting, cc, bb  # noqa: F401  (fixtures)
 
-def _counting(monkeypatch, name):
-    calls, real = [], getattr(B, name)
-    monkeypatch.setattr(B, name, lambda *a, **k: calls.append(1) or real(*a, **k))
-    return calls
 
 # 1. methods with the same name
 def test_same_named_methods_are_kept_apart(cc, bb):
@@ -36,7 +32,7 @@ def test_cache_key_sees_a_change_deep_inside_a_tensor(cc, bb, tmp_path, monkeypa
     N1 = torch.nn.functional.normalize(torch.randn(1000, bb.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
     N2 = N1.clone(); N2[500:510] = N1[:10]  # differs in middle rows; str() of the two is the same
     assert str(N1) == str(N2) and content_hash(N1) != content_hash(N2)
-    calls = _counting(monkeypatch, 'personalize')
+    calls = _counting(monkeypatch, 'personalize_many', runs=lambda a: len(a[1]))
     Polar(iters=2, negatives=N1).fit(bb, cs, cache=tmp_path)
     again = Polar(iters=2, negatives=N2).fit(bb, cs, cache=tmp_path)
     assert again.counts == dict(trained=3, loaded=0) and len(calls) == 6
