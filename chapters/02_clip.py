@@ -27,6 +27,7 @@ from fastcore.test import test_eq, test_fail, test_close
 # %%
 #| export
 import hashlib, io, json, logging, os, re, tempfile, threading, warnings, weakref
+from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,7 +413,6 @@ if not (data_dir()/'world-tiny.safetensors').exists():
     test_fail(lambda: load_backbone('world-tiny', device='cpu'), contains='data/world-tiny.safetensors')
 test_eq('world-tiny' in BACKBONES, True)
 
-
 # %% [markdown]
 # ## Tokens
 #
@@ -422,9 +422,17 @@ test_eq('world-tiny' in BACKBONES, True)
 
 # %%
 #| export
+TOKEN_BYTES = 2**27  # memo of tokenised text lists per backbone (128 MiB)
+
 def tokenize(bb:Backbone, texts:str|list[str])->torch.Tensor:
-    "Token ids of `texts`, [n, context_length], on the backbone's device."
-    return bb.tokenizer([texts] if isinstance(texts, str) else list(texts)).to(bb.device)
+    "Token ids of `texts`, [n, context_length], on the backbone's device (a list tokenised before is read from a memo)."
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    memo, key = bb.cache.setdefault('tokens', OrderedDict()), (id(bb.tokenizer), str(bb.device), tuple(texts))
+    if (tok := memo.get(key)) is None:
+        tok = memo[key] = bb.tokenizer(texts).to(bb.device)
+        while sum(t.numel() * t.element_size() for t in memo.values()) > TOKEN_BYTES and len(memo) > 1: memo.popitem(last=False)
+    memo.move_to_end(key)
+    return tok.clone()  # the caller's own copy
 
 def eot_positions(tokens:torch.Tensor)->torch.Tensor:
     "Position of the EOT token (the pooled one) in each row of `tokens`."
@@ -435,6 +443,8 @@ def eot_positions(tokens:torch.Tensor)->torch.Tensor:
 toks = tokenize(bb, ['A photo of sks', 'sks'])
 test_eq(toks.shape, (2, 77))
 test_eq(eot_positions(toks).tolist(), [5, 2])
+toks[0, 0] = -1  # the caller's copy: the memo is untouched
+test_eq(tokenize(bb, ['A photo of sks', 'sks']), bb.tokenizer(['A photo of sks', 'sks']))
 toks[:, :7]
 
 

@@ -28,7 +28,7 @@ from fastcore.test import test_eq, test_close, test_fail
 
 # %%
 #| export
-import csv, json, numbers, os, re, shutil, warnings
+import csv, fcntl, hashlib, importlib, json, numbers, os, re, shutil, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 import polar_nb.scenes as _scenes
+from polar_nb.config import get_settings
 from polar_nb.scenes import _a, _plural, _random_look, _on_ground, _light_draw, _fit, _object, _person_caption
 
 # %%
@@ -947,6 +948,69 @@ def make_benchmark(root:str|Path, # folder to write: absent, empty, or a world w
     profile_sizes(fmt, profile)  # a clear error for an unknown format, profile or size; the writer checks the rest
     return (write_conconchi if fmt == 'conconchi' else write_pervl)(root, seed, profile, size)
 
+
+# %% [markdown]
+# ## Worlds shared by the chapters
+#
+# Most chapters run on the same few worlds. `shared_world` writes a world once into the settings'
+# cache folder and hands the same folder to every chapter and test of a run (and to later runs):
+# its name is the hash of everything the files depend on (format, seed, sizes, image size, the
+# source of the two modules that draw and write it, and the numpy and Pillow versions), a list of
+# every file's SHA-256 is kept beside it and checked each time it is handed out (a world that fails
+# the check is written again, with a warning naming it), and a lock makes two processes asking for
+# it at once write it once. The folder is for reading: a chapter that changes a world writes its own
+# with `make_benchmark`.
+
+# %%
+#| export
+def _world_key(fmt:str, seed:int, profile, size:int)->str:
+    "The hash of what a world's files depend on."
+    import PIL
+    h = hashlib.sha256(json.dumps(dict(fmt=fmt, seed=seed, sizes=profile_sizes(fmt, profile), size=size, numpy=np.__version__,
+                                       pillow=PIL.__version__), sort_keys=True).encode())
+    for m in ('polar_nb.scenes', 'polar_nb.world'): h.update(Path(importlib.import_module(m).__file__).read_bytes())  # the code that draws it
+    return h.hexdigest()[:20]
+
+def _file_sums(root:Path)->dict:
+    "SHA-256 of every file of the world at `root`."
+    return {r: hashlib.sha256((root/r).read_bytes()).hexdigest() for r in json.loads((root/'world.json').read_text())['files']}
+
+def shared_world(fmt:str='conconchi', seed:int=0, profile:str|dict='small', size:int=64, # as for `make_benchmark`
+                 cache:str|Path|None=None, # the folder holding shared worlds (default: `<cache_dir>/worlds`)
+                )->Path:
+    "A world written once and shared (see above): `make_benchmark`'s world in the cache folder, checked each time it is handed out."
+    profile_sizes(fmt, profile); seed, size = _int('seed', seed, 0), _int('size', size, MIN_SIZE, why=' (pixels)')
+    base = Path(cache) if cache else get_settings().cache_dir/'worlds'
+    root = base/f"{fmt}-s{seed}-{_world_key(fmt, seed, profile, size)}"
+    sums = root.with_name(root.name + '.sha256.json')
+    base.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name(root.name + '.lock'), 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one writer; the others wait and then read its world
+        try:
+            if sums.is_file() and (root/'world.json').is_file():
+                try:
+                    if _file_sums(root) == json.loads(sums.read_text()): return root
+                except (OSError, ValueError, KeyError): pass
+                warnings.warn(f"shared world {root} differs from the sums written with it: writing it again")
+            if sums.exists(): sums.unlink()
+            if root.exists(): shutil.rmtree(root)
+            make_benchmark(root, fmt, seed, profile, size)
+            tmp = sums.with_name(f'.{sums.name}.{os.getpid()}.tmp'); tmp.write_text(json.dumps(_file_sums(root), sort_keys=True)); os.replace(tmp, sums)
+            return root
+        finally: fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    w = shared_world('pervl', seed=2, profile=dict(concepts=2, support=(2, 3), pool=(1,)), size=32, cache=d)
+    test_eq(shared_world('pervl', seed=2, profile=dict(concepts=2, support=(2, 3), pool=(1,)), size=32, cache=d), w)  # handed out again
+    assert w != shared_world('pervl', seed=3, profile=dict(concepts=2, support=(2, 3), pool=(1,)), size=32, cache=d)
+    f = next((w/'train'/'image').iterdir()); f.write_bytes(b'changed')  # a damaged file: named, and the world written again
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always'); again = shared_world('pervl', seed=2, profile=dict(concepts=2, support=(2, 3), pool=(1,)), size=32, cache=d)
+    assert any(str(w) in str(x.message) for x in ws) and f.read_bytes() != b'changed'
+    test_fail(lambda: shared_world('coco', cache=d), contains='fmt must be one of')
+    test_fail(lambda: shared_world('pervl', seed=-1, cache=d), contains='seed')
 
 # %% [markdown]
 # ## What the writers produce

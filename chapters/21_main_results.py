@@ -31,7 +31,7 @@ import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from polar_nb.config import get_settings
 from polar_nb.clip import load_backbone
-from polar_nb.world import make_benchmark
+from polar_nb.world import make_benchmark, shared_world
 from polar_nb.data import ConConChi, PerVLDeepFashion2
 from polar_nb.baselines import TextOnly, ImageOnly, AvgImText, TextualInversion, Polar, concept_set, as_percent
 from polar_nb.experiments import main_results, default_methods, top_k, gallery
@@ -53,8 +53,8 @@ if s.profile == 'paper':
 else:
     tmp = Path(tempfile.mkdtemp())
     bb = load_backbone('world-tiny')
-    df2 = PerVLDeepFashion2(make_benchmark(tmp/'pervl', 'pervl', seed=0))
-    cc = ConConChi(make_benchmark(tmp/'conconchi', 'conconchi', seed=0))
+    df2 = PerVLDeepFashion2(shared_world('pervl', seed=0))
+    cc = ConConChi(shared_world('conconchi', seed=0))
 cache = get_settings().cache_dir
 print(bb, bb.defaults, sep='\n')
 pd.concat([df2.summary(), cc.summary()])
@@ -280,8 +280,8 @@ print(f"POLAR's context queries: cos to the class-name query {pull.loc['POLAR'].
 # NBVAL_SKIP
 if s.profile == 'paper': df2_full, cc_full = df2, cc   # the real benchmarks are already full-size
 else:
-    df2_full = PerVLDeepFashion2(make_benchmark(tmp/'pervl-full', 'pervl', seed=0, profile='full'))
-    cc_full = ConConChi(make_benchmark(tmp/'conconchi-full', 'conconchi', seed=0, profile='full'))
+    df2_full = PerVLDeepFashion2(shared_world('pervl', seed=0, profile='full'))
+    cc_full = ConConChi(shared_world('conconchi', seed=0, profile='full'))
 pd.concat([df2_full.summary(), cc_full.summary()])
 
 # %%

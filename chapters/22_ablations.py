@@ -183,12 +183,12 @@ from pathlib import Path
 import torch
 from polar_nb.clip import load_backbone
 from polar_nb.config import get_settings
-from polar_nb.world import make_benchmark
+from polar_nb.world import make_benchmark, shared_world
 from polar_nb.data import ConConChi, PerVLDeepFashion2
 tmp = Path(tempfile.mkdtemp())
 bb = load_backbone('world-tiny', device='cpu')
-cc = ConConChi(make_benchmark(tmp/'conconchi', 'conconchi', seed=0))
-pv = PerVLDeepFashion2(make_benchmark(tmp/'pervl', 'pervl', seed=0), 'test')
+cc = ConConChi(shared_world('conconchi', seed=0))
+pv = PerVLDeepFashion2(shared_world('pervl', seed=0), 'test')
 cache = get_settings().cache_dir  # runs are cached by content: a chapter run again reads them back
 L = bb.n_layers - 1
 print(bb, bb.defaults, sep='\n')

@@ -46,7 +46,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 from polar_nb.config import get_settings
 from polar_nb.clip import load_backbone
-from polar_nb.world import make_benchmark
+from polar_nb.world import make_benchmark, shared_world
 from polar_nb.data import PerVLDeepFashion2
 from polar_nb.baselines import concept_set
 from polar_nb.experiments import main_results, seeded, top_k, gallery
@@ -68,7 +68,7 @@ tmp = Path(tempfile.mkdtemp())
 if s.profile == 'paper':
     bb, root = load_backbone(s.backbone, s.pretrained), s.data_root('deepfashion2')
 else:
-    bb, root = load_backbone('world-tiny'), make_benchmark(tmp/'pervl', 'pervl', seed=0)
+    bb, root = load_backbone('world-tiny'), shared_world('pervl', seed=0)
 test, val = PerVLDeepFashion2(root), PerVLDeepFashion2(root, split='validation')
 cache = tmp/'cache'  # this chapter's features, updates and runs
 print(bb, bb.defaults, sep='\n')

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from polar_nb.config import get_settings
 from polar_nb.clip import load_backbone
-from polar_nb.world import make_benchmark
+from polar_nb.world import make_benchmark, shared_world
 from polar_nb.data import ConConChi, PerVLDeepFashion2
 from polar_nb.baselines import concept_set
 from polar_nb.experiments import main_results, single_image, default_methods, tidy_runs
@@ -56,8 +56,8 @@ if s.profile == 'paper':
 else:
     tmp = Path(tempfile.mkdtemp())
     bb = load_backbone('world-tiny')
-    df2 = PerVLDeepFashion2(make_benchmark(tmp/'pervl', 'pervl', seed=0))
-    cc = ConConChi(make_benchmark(tmp/'conconchi', 'conconchi', seed=0))
+    df2 = PerVLDeepFashion2(shared_world('pervl', seed=0))
+    cc = ConConChi(shared_world('conconchi', seed=0))
 cache = get_settings().cache_dir
 print(bb, bb.defaults, sep='\n')
 pd.concat([df2.summary(), cc.summary()])
@@ -270,8 +270,8 @@ print(f"measured in {cc_secs + df2_secs:.0f} s (runs read from the cache where t
 # NBVAL_SKIP
 # paper-map: tab15-one-image
 if s.profile == 'paper': full = {'ConCon-Chi': cc, 'DeepFashion2': df2}
-else: full = {'ConCon-Chi': ConConChi(make_benchmark(tmp/'conconchi-full', 'conconchi', seed=0, profile='full')),
-              'DeepFashion2': PerVLDeepFashion2(make_benchmark(tmp/'pervl-full', 'pervl', seed=0, profile='full'))}
+else: full = {'ConCon-Chi': ConConChi(shared_world('conconchi', seed=0, profile='full')),
+              'DeepFashion2': PerVLDeepFashion2(shared_world('pervl', seed=0, profile='full'))}
 t0 = time.perf_counter()
 full_one = {k: single_image(b, bb, cache=cache, progress=True) for k, b in full.items()}
 full_five = {k: main_results(b, bb, seeds=SEEDS, cache=cache) for k, b in full.items()}

@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from polar_nb.config import get_settings
 from polar_nb.clip import load_backbone
-from polar_nb.world import make_benchmark
+from polar_nb.world import make_benchmark, shared_world
 from polar_nb.data import ConConChi, PerVLDeepFashion2
 from polar_nb.baselines import Polar, general_knowledge
 from polar_nb.experiments import main_results, seeded
@@ -58,8 +58,8 @@ if s.profile == 'paper':
     cc, val = ConConChi(s.data_root('conconchi')), PerVLDeepFashion2(s.data_root('deepfashion2'), split='validation')
 else:
     bb = load_backbone('world-tiny')
-    cc = ConConChi(make_benchmark(tmp/'conconchi', 'conconchi', seed=0))
-    val = PerVLDeepFashion2(make_benchmark(tmp/'pervl', 'pervl', seed=0), split='validation')
+    cc = ConConChi(shared_world('conconchi', seed=0))
+    val = PerVLDeepFashion2(shared_world('pervl', seed=0), split='validation')
 cache = tmp/'cache'  # this chapter's features, updates and runs
 print(bb, bb.defaults, sep='\n')
 pd.concat([cc.summary(), val.summary().assign(benchmark='deepfashion2 (validation)')])

@@ -55,7 +55,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 from polar_nb.config import get_settings
 from polar_nb.clip import load_backbone, image_features
-from polar_nb.world import make_benchmark
+from polar_nb.world import make_benchmark, shared_world
 from polar_nb.data import ConConChi, PerVLDeepFashion2, Query
 from polar_nb.baselines import Polar, concept_set, caption_recall, evaluate
 from polar_nb.metrics import metrics_table
@@ -70,8 +70,8 @@ if s.profile == 'paper':
 else:
     tmp = Path(tempfile.mkdtemp())
     bb = load_backbone('world-tiny')
-    cc = ConConChi(make_benchmark(tmp/'conconchi', 'conconchi', seed=0))
-    pv = PerVLDeepFashion2(make_benchmark(tmp/'pervl', 'pervl', seed=0))
+    cc = ConConChi(shared_world('conconchi', seed=0))
+    pv = PerVLDeepFashion2(shared_world('pervl', seed=0))
 cache = get_settings().cache_dir
 print(bb, bb.defaults, sep='\n')
 pd.concat([cc.summary(), pv.summary()])
@@ -454,8 +454,8 @@ price.round(3) if price is not None else None
 # paper-map: tab17
 cost17_full = {}
 if s.profile != 'paper':
-    for b in (ConConChi(make_benchmark(tmp/'conconchi-full', 'conconchi', seed=0, profile='full')),
-              PerVLDeepFashion2(make_benchmark(tmp/'pervl-full', 'pervl', seed=0, profile='full'))):
+    for b in (ConConChi(shared_world('conconchi', seed=0, profile='full')),
+              PerVLDeepFashion2(shared_world('pervl', seed=0, profile='full'))):
         cs_f = concept_set(b, bb, cache); pol_f = Polar().fit(bb, cs_f, cache)
         pool_f, caps_f = image_features(bb, b.pool, cache=cache, progress=False), b.vlm_captions(b.root/'vlm_captions.json')
         orig = recall_curve(own_ranks(bb, caps_f, pool_f), [1, 5, 10, 50])

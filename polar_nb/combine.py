@@ -10,6 +10,7 @@ __all__ = ['STRATEGIES', 'RARE_TOKENS', 'check_strategy', 'combine_updates', 'co
 
 # %% ../nbs/14_combination.ipynb #92a01103
 import math
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .clip import Backbone, tokenize, token_id, eot_positions, fingerprint
 from .polar import (LowRankUpdate, encode_text, finish_eot, eot_summaries, personalize, _memo_summaries, _fast_ok,
-                            _prefix, _truncate, _lin, _project, _check_tower, _as_updates)
+                            _prefix, _truncate, _lin, _project, _check_tower, _as_updates, _text_version)
 from .baselines import Polar, concept_set, concept_word, concept_prompts, concept_file, cache_root, fill, _cached
 from .clip import image_features
 from .metrics import metrics_table
@@ -84,12 +85,28 @@ def concept_tokens(bb:Backbone, n:int, # how many
     return ok[:n]
 
 # %% ../nbs/14_combination.ipynb #df3e9e1d
-@torch.no_grad()
 def token_summaries(bb:Backbone, # the backbone
                     tokens:torch.Tensor, # token ids [n, context_length]
                     ids:list[int], # the token ids whose positions are summed
                    )->torch.Tensor:
     "x̄ of each token [n, len(ids), H, d]: Σ over the positions holding it of the EOT row's attention p_{j,t} times LN₁(h_t), per head j."
+    t, p, x = _eot_attention(bb, tokens)
+    M = torch.stack([t == i for i in ids], 1).to(x)  # [n, m, T]
+    return torch.einsum('nht,nmt,ntd->nmhd', p, M, x)
+
+def _eot_attention(bb:Backbone, tokens:torch.Tensor)->tuple:
+    "The truncated tokens, the EOT row's attention [n, H, T] and LN₁ of the last layer's input [n, T, d], memoised per backbone."
+    c = bb.cache.setdefault('eot_attention', {})
+    if c.get('version') != (ver := _text_version(bb)): c.clear(); c.update(version=ver, batches=OrderedDict())
+    key = (tuple(tokens.shape), tokens.cpu().numpy().tobytes())
+    if key not in c['batches']: c['batches'][key] = _attention_of_eot(bb, tokens)
+    c['batches'].move_to_end(key)
+    while len(c['batches']) > 8: c['batches'].popitem(last=False)
+    return c['batches'][key]
+
+@torch.no_grad()
+def _attention_of_eot(bb:Backbone, tokens:torch.Tensor)->tuple:
+    "`_eot_attention`, computed."
     m = bb.model; blk = m.transformer.resblocks[-1]; at = blk.attn
     tokens = _truncate(tokens); eot = eot_positions(tokens)
     x = blk.ln_1(_prefix(bb, tokens, bb.n_layers-1)); n, T, d = x.shape; H = at.num_heads; dh = d // H
@@ -97,8 +114,7 @@ def token_summaries(bb:Backbone, # the backbone
     q = _lin(x[ar, eot], W, b, slice(0, d)).view(n, H, dh)
     k = _lin(x, W, b, slice(d, 2*d)).view(n, T, H, dh)
     p = (torch.einsum('nhc,nthc->nht', q, k) / math.sqrt(dh) + m.attn_mask[eot, :T][:, None]).softmax(-1)
-    M = torch.stack([tokens == i for i in ids], 1).to(x)  # [n, m, T]
-    return torch.einsum('nht,nmt,ntd->nmhd', p, M, x)
+    return tokens, p, x
 
 def finish_local(bb:Backbone, # the backbone
                  S:dict, # `eot_summaries` of the texts

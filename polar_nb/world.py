@@ -8,10 +8,10 @@ Docs: https://polar-nb.github.io/polar-nb/world.html.md"""
 __all__ = ['L', 'CONCEPTS', 'WORLD_SEED', 'PROFILES', 'COMMON', 'VLM_ERRORS', 'MIN_SIZE', 'MOVED', 'Concept', 'garment_concepts',
            'concept_keys', 'generic_scenes', 'generic_retrieval', 'concept_thing', 'concept_scene', 'profile_sizes',
            'Row', 'answers', 'conconchi_plan', 'mutate', 'vlm_captions', 'write_conconchi', 'garment_scene',
-           'pervl_captions', 'pervl_plan', 'write_pervl', 'make_benchmark']
+           'pervl_captions', 'pervl_plan', 'write_pervl', 'make_benchmark', 'shared_world']
 
 # %% ../nbs/06_world.ipynb #01b5c8df
-import csv, json, numbers, os, re, shutil, warnings
+import csv, fcntl, hashlib, importlib, json, numbers, os, re, shutil, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 import polar_nb.scenes as _scenes
+from .config import get_settings
 from .scenes import _a, _plural, _random_look, _on_ground, _light_draw, _fit, _object, _person_caption
 
 # %% ../nbs/06_world.ipynb #55e13e37
@@ -566,6 +567,43 @@ def make_benchmark(root:str|Path, # folder to write: absent, empty, or a world w
     "Write a world benchmark in the real on-disk format `fmt` under `root`; returns `root`."
     profile_sizes(fmt, profile)  # a clear error for an unknown format, profile or size; the writer checks the rest
     return (write_conconchi if fmt == 'conconchi' else write_pervl)(root, seed, profile, size)
+
+# %% ../nbs/06_world.ipynb #4c0b554b
+def _world_key(fmt:str, seed:int, profile, size:int)->str:
+    "The hash of what a world's files depend on."
+    import PIL
+    h = hashlib.sha256(json.dumps(dict(fmt=fmt, seed=seed, sizes=profile_sizes(fmt, profile), size=size, numpy=np.__version__,
+                                       pillow=PIL.__version__), sort_keys=True).encode())
+    for m in ('polar_nb.scenes', 'polar_nb.world'): h.update(Path(importlib.import_module(m).__file__).read_bytes())  # the code that draws it
+    return h.hexdigest()[:20]
+
+def _file_sums(root:Path)->dict:
+    "SHA-256 of every file of the world at `root`."
+    return {r: hashlib.sha256((root/r).read_bytes()).hexdigest() for r in json.loads((root/'world.json').read_text())['files']}
+
+def shared_world(fmt:str='conconchi', seed:int=0, profile:str|dict='small', size:int=64, # as for `make_benchmark`
+                 cache:str|Path|None=None, # the folder holding shared worlds (default: `<cache_dir>/worlds`)
+                )->Path:
+    "A world written once and shared (see above): `make_benchmark`'s world in the cache folder, checked each time it is handed out."
+    profile_sizes(fmt, profile); seed, size = _int('seed', seed, 0), _int('size', size, MIN_SIZE, why=' (pixels)')
+    base = Path(cache) if cache else get_settings().cache_dir/'worlds'
+    root = base/f"{fmt}-s{seed}-{_world_key(fmt, seed, profile, size)}"
+    sums = root.with_name(root.name + '.sha256.json')
+    base.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name(root.name + '.lock'), 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one writer; the others wait and then read its world
+        try:
+            if sums.is_file() and (root/'world.json').is_file():
+                try:
+                    if _file_sums(root) == json.loads(sums.read_text()): return root
+                except (OSError, ValueError, KeyError): pass
+                warnings.warn(f"shared world {root} differs from the sums written with it: writing it again")
+            if sums.exists(): sums.unlink()
+            if root.exists(): shutil.rmtree(root)
+            make_benchmark(root, fmt, seed, profile, size)
+            tmp = sums.with_name(f'.{sums.name}.{os.getpid()}.tmp'); tmp.write_text(json.dumps(_file_sums(root), sort_keys=True)); os.replace(tmp, sums)
+            return root
+        finally: fcntl.flock(lock, fcntl.LOCK_UN)
 
 # %% ../nbs/06_world.ipynb #14e1f5c1
 MOVED = ('COLOURS', 'PATTERNS', 'EMBLEMS', 'CLASSES', 'GARMENTS', 'CONTEXTS', 'SKINS', 'POSES', 'SHAPES', 'BACKGROUNDS', 'TEMPLATES', 'RELATIONS', 'VERBS', 'Context', 'Look', 'Outfit', 'shape_masks', 'pattern_mask', 'emblem_points', 'object_sprite', 'person_masks', 'garment_mask', 'person_sprite', 'background', 'Thing', 'Scene', 'render', 'phrase', 'thing_phrase', 'scene_caption', 'vlm_caption', 'sample_look', 'relate', 'sample_scene')  # names that moved to polar_nb.scenes
