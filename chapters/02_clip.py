@@ -26,7 +26,7 @@ from fastcore.test import test_eq, test_fail, test_close
 
 # %%
 #| export
-import hashlib, io, json, logging, os, re, tempfile, threading, warnings, weakref
+import fcntl, hashlib, io, json, logging, os, re, tempfile, threading, warnings, weakref
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -309,6 +309,43 @@ n = int.from_bytes(blobs[0][:8], 'little'); head = json.loads(blobs[0][8:8+n])
 test_eq(list(head), sorted(head)); test_eq(list(head['__metadata__']), sorted(md))
 test_eq((8 + n) % 8, 0)
 blobs[0][8:8+n].decode()[:120]
+
+
+# %% [markdown]
+# Processes that share a cache folder (the chapters and tests of a run, on several workers) may set
+# out to compute the same entries at once. `file_locks` holds an exclusive lock on each entry's
+# `.lock` file, taken in sorted order (so two processes never wait on each other); the one that
+# gets them computes, the others wait and then find the entries written.
+
+# %%
+#| export
+@contextmanager
+def file_locks(paths, # the cache files about to be written (None entries are skipped)
+              ):
+    "Exclusive locks (fcntl) on `<path>.lock` of each of `paths`, taken in sorted order and released at the end of the block."
+    held = []
+    try:
+        for p in sorted({Path(p) for p in paths if p}):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            f = open(p.with_name(p.name + '.lock'), 'a'); held.append(f)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+    finally:
+        for f in held: fcntl.flock(f, fcntl.LOCK_UN); f.close()
+
+
+# %%
+import multiprocessing as mp
+def _hold(path, q):
+    with file_locks([path]): q.put('held'); time.sleep(1.0)
+with tempfile.TemporaryDirectory() as d:
+    q, f = mp.get_context('fork').Queue(), Path(d)/'entry.safetensors'
+    other = mp.get_context('fork').Process(target=_hold, args=(f, q)); other.start(); q.get(timeout=30)
+    t0 = time.perf_counter()
+    with file_locks([f, None]): waited = time.perf_counter() - t0
+    other.join()
+    assert waited > 0.5, waited  # the second process waited for the first
+    test_eq(sorted(p.name for p in Path(d).iterdir()), ['entry.safetensors.lock'])
 
 
 # %%

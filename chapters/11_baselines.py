@@ -44,7 +44,7 @@ import numpy as np, pandas as pd, torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from polar_nb.clip import Backbone, image_features, tokenize, token_id, fingerprint, save_safetensors, content_hash
+from polar_nb.clip import Backbone, image_features, tokenize, token_id, fingerprint, save_safetensors, content_hash, file_locks
 from polar_nb.config import get_settings
 from polar_nb.data import Query
 from polar_nb.metrics import metrics_table, metric_columns
@@ -466,9 +466,19 @@ class Polar(Method):
             prompts, extra = concept_prompts(w, self.templates), self.concept_args(cs, c)
             key = dict(hp, token=self.token, prompts=prompts, **{k: content_hash(v) for k,v in extra.items()})
             f = root and concept_file(root, self.folder, bb, weights, c, cs.hashes[c], key)
-            if f and f.is_file() and (u := _cached(lambda: LowRankUpdate.load(f, bb), f, 'update')) is not None:
-                self.updates[c] = u; self.counts['loaded'] += 1; continue
-            todo.append((c, prompts, f, extra))
+            if not self._load(bb, c, f): todo.append((c, prompts, f, extra))
+        bad = {f for _,_,f,_ in todo if f and f.is_file()}  # unusable entries, reported once: trained again
+        with file_locks([f for _,_,f,_ in todo]):  # another process computing the same updates: wait, then read them
+            self._train(bb, cs, [t for t in todo if t[2] in bad or not self._load(bb, t[0], t[2])], hp, progress)
+        return self
+
+    def _load(self, bb, c, f)->bool:
+        "Whether concept `c`'s update was read from cache file `f`."
+        if not (f and f.is_file() and (u := _cached(lambda: LowRankUpdate.load(f, bb), f, 'update')) is not None): return False
+        self.updates[c] = u; self.counts['loaded'] += 1; return True
+
+    def _train(self, bb, cs, todo, hp, progress):
+        "Train (and cache) the updates of `todo`: (concept, prompts, cache file, its own arguments) each."
         args = dict(hp, **self.train_args)
         batched = set(args) | {k for *_, e in todo for k in e} <= BATCHED  # the concepts train together, each as alone (see `personalize_many`)
         for s in tqdm(range(0, len(todo), self.batch if batched else 1), desc=f'{self.name} ({bb.name})', disable=not progress or not todo):
@@ -480,7 +490,6 @@ class Polar(Method):
                 self.updates[c] = u = self.checked(bb, u)
                 if f: u.save(f)
                 self.counts['trained'] += 1
-        return self
 
     def text_updates(self, c)->list:
         if c not in self.updates: raise KeyError(f"{self.name} has no update for concept {c!r}: fit it on the benchmark first")
@@ -731,9 +740,19 @@ class TextualInversion(Method):
             prompts, name = concept_prompts(w, self.templates), cs.descriptions[c].get('coarse')
             hp = dict(iters=iters, lr=lr, init=self.init, name=name, seed=self.seed, token=self.token, prompts=prompts)
             f = root and concept_file(root, 'textual-inversion', bb, weights, c, cs.hashes[c], hp)
-            if f and f.is_file() and (v := _cached(lambda: _load_vector(f, bb.width), f, 'token vector')) is not None:
-                self.vectors[c] = v[0]; self.counts['loaded'] += 1; continue
-            todo.append((c, prompts, hp, f, initial_vector(bb, self.init, name, self.token, self.seed)))
+            if not self._load(bb, c, f): todo.append((c, prompts, hp, f, initial_vector(bb, self.init, name, self.token, self.seed)))
+        bad = {t[3] for t in todo if t[3] and t[3].is_file()}  # unusable entries, reported once: trained again
+        with file_locks([t[3] for t in todo]):  # another process computing the same vectors: wait, then read them
+            self._train(bb, cs, [t for t in todo if t[3] in bad or not self._load(bb, t[0], t[3])], iters, lr, progress)
+        return self
+
+    def _load(self, bb, c, f)->bool:
+        "Whether concept `c`'s vector was read from cache file `f`."
+        if not (f and f.is_file() and (v := _cached(lambda: _load_vector(f, bb.width), f, 'token vector')) is not None): return False
+        self.vectors[c] = v[0]; self.counts['loaded'] += 1; return True
+
+    def _train(self, bb, cs, todo, iters, lr, progress):
+        "Learn (and cache) the vectors of `todo`: (concept, prompts, settings, cache file, starting vector) each."
         for s in tqdm(range(0, len(todo), self.batch), desc=f'{self.name} ({bb.name})', disable=not progress or not todo):
             part = todo[s:s+self.batch]  # concepts trained together, each as alone (see `invert_tokens`)
             got = invert_tokens(bb, [cs.feats[c] for c,*_ in part], [p for _,p,*_ in part], [v0 for *_,v0 in part], iters=iters, lr=lr, token=self.token)
@@ -741,7 +760,6 @@ class TextualInversion(Method):
                 self.vectors[c] = v
                 if f: _save_vector(f, v, dict(hp, history=hist))
                 self.counts['trained'] += 1
-        return self
 
     def embed(self, bb, queries, cs):
         tid, out = token_id(bb, self.token), []

@@ -6,12 +6,12 @@ Docs: https://polar-nb.github.io/polar-nb/clip.html.md"""
 
 # %% auto #0
 __all__ = ['OPEN_CLIP_DEFAULTS', 'BACKBONES', 'EMBEDDED', 'TOKEN_BYTES', 'Backbone', 'register_backbone', 'pretrained_file',
-           'load_backbone', 'save_safetensors', 'atomic_write', 'save_safetensors_backbone', 'frozen_token_embedding',
-           'load_safetensors_backbone', 'data_dir', 'tokenize', 'eot_positions', 'token_id', 'content_hash',
-           'fingerprint', 'image_features']
+           'load_backbone', 'save_safetensors', 'atomic_write', 'file_locks', 'save_safetensors_backbone',
+           'frozen_token_embedding', 'load_safetensors_backbone', 'data_dir', 'tokenize', 'eot_positions', 'token_id',
+           'content_hash', 'fingerprint', 'image_features']
 
 # %% ../nbs/02_clip.ipynb #d0c5e59b
-import hashlib, io, json, logging, os, re, tempfile, threading, warnings, weakref
+import fcntl, hashlib, io, json, logging, os, re, tempfile, threading, warnings, weakref
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -180,6 +180,21 @@ def atomic_write(path:str|Path, # the file to write
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
     return path
+
+# %% ../nbs/02_clip.ipynb #fdcc80d0
+@contextmanager
+def file_locks(paths, # the cache files about to be written (None entries are skipped)
+              ):
+    "Exclusive locks (fcntl) on `<path>.lock` of each of `paths`, taken in sorted order and released at the end of the block."
+    held = []
+    try:
+        for p in sorted({Path(p) for p in paths if p}):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            f = open(p.with_name(p.name + '.lock'), 'a'); held.append(f)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+    finally:
+        for f in held: fcntl.flock(f, fcntl.LOCK_UN); f.close()
 
 # %% ../nbs/02_clip.ipynb #85514546
 def save_safetensors_backbone(bb:Backbone, # the backbone to store
