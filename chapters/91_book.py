@@ -331,6 +331,8 @@ test_eq(chapter_title(nbformat.read('index.ipynb', as_version=4)), 'polar-nb')
 # (RequireJS and MathJax are dropped; equations stay readable as TeX), and a sidebar lists every
 # chapter in order under the title of its part, with the current one highlighted. Chapters are
 # numbered across parts, as Quarto numbers them; appendices are lettered.
+# Code cells are shown as pygments highlights them, without the HTML sanitiser the lab template runs
+# on them: the chapters are this project's own text, and the sanitiser took most of the rendering time.
 
 # %%
 #| export
@@ -349,6 +351,11 @@ nav.book-sidebar a {color: #1a5fb4; text-decoration: none} nav.book-sidebar li.a
 body.jp-Notebook > main {margin-left: 270px; max-width: 1100px}
 .book-pager {display: flex; justify-content: space-between; margin: 2em 0 3em 0; font-family: system-ui, sans-serif}
 </style>{%- endblock html_head_css -%}
+{%- block input -%}
+<div class="jp-CodeMirrorEditor jp-Editor jp-InputArea-editor" data-type="inline"><div class="cm-editor cm-s-jupyter">
+{{ cell.source | highlight_code(metadata=cell.metadata) }}
+</div></div>
+{%- endblock input -%}
 {%- block body_header -%}{{ super() }}{{ resources.book_nav }}{%- endblock body_header -%}
 {%- block body_footer -%}{{ resources.book_pager }}{{ super() }}{%- endblock body_footer -%}
 """
@@ -406,6 +413,24 @@ nav
 
 # %%
 #| export
+def _book_exporter():
+    "nbconvert's HTML exporter without its last pass, which parses the whole page again with BeautifulSoup to add alt texts and tab stops (half the rendering time)."
+    from nbconvert import HTMLExporter
+    from nbconvert.exporters.html import WidgetsDataTypeFilter
+    from nbconvert.exporters.templateexporter import TemplateExporter
+    from nbconvert.filters.highlight import Highlight2HTML
+    class BookExporter(HTMLExporter):
+        def from_notebook_node(self, nb, resources=None, **kw):
+            lang = nb.metadata.get('language_info', {})
+            self.register_filter('highlight_code', Highlight2HTML(pygments_lexer=lang.get('pygments_lexer', lang.get('name')), parent=self))
+            resources = self._init_resources(resources)
+            self.register_filter('filter_data_type', WidgetsDataTypeFilter(notebook_metadata=self._nb_metadata, parent=self, resources=resources))
+            return TemplateExporter.from_notebook_node(self, nb, resources, **kw)
+    return BookExporter
+
+
+# %%
+#| export
 def render_chapter(nb, # an (executed) notebook
                    book_title:str, # shown at the top of the sidebar
                    pages:list[tuple[str,str]], # (href, title) of every chapter, in order
@@ -414,15 +439,14 @@ def render_chapter(nb, # an (executed) notebook
                   )->str:
     "One chapter as a self-contained HTML page with the book's sidebar."
     from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
     from traitlets.config import Config
     c = Config()
     c.TagRemovePreprocessor.enabled = True
     c.TagRemovePreprocessor.remove_input_tags = {'remove_input'}
     c.TagRemovePreprocessor.remove_all_outputs_tags = {'remove_output'}
     c.HTMLExporter.exclude_input_prompt = c.HTMLExporter.exclude_output_prompt = True
-    ex = HTMLExporter(config=c, template_name='lab', template_file='polar_book.html.j2',
-                      extra_loaders=[DictLoader({'polar_book.html.j2': _TEMPLATE})])
+    ex = _book_exporter()(config=c, template_name='lab', template_file='polar_book.html.j2',
+                          extra_loaders=[DictLoader({'polar_book.html.j2': _TEMPLATE})])
     res = {'book_nav': _nav(book_title, pages, current, parts), 'book_pager': _pager(pages, current),
            'metadata': {'name': f'{pages[current][1]} – {book_title}'}}
     body, _ = ex.from_notebook_node(for_reading(nb), resources=res)
