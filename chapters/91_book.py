@@ -219,6 +219,255 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(ran.cells[2].outputs[0].data['text/plain'], '42')
 
 # %% [markdown]
+# ## Executing the book: in parallel, and once per change
+#
+# `polar-nb book` executes every chapter's CI-scale cells and keeps the stored outputs of the
+# `slow` and `cuda` cells; `polar-nb book --full` executes those too. Chapters run side by side,
+# one kernel each (`workers`, default the CPU count; one torch thread per kernel when there are
+# several), and each executed chapter is kept in a [jupyter-cache](https://jupyter-cache.readthedocs.io)
+# folder. A chapter is executed again only when something its outputs depend on has changed: its
+# code cells, the mode (`ci` or `full`), or `library_fingerprint` — the package's source, its data
+# files (the embedded backbone, the shipped weights), its settings and pinned versions, and the
+# `POLAR_*` variables of the environment. Markdown edits need no execution: the cached outputs are
+# merged into the current notebook.
+
+# %%
+#| export
+import datetime, hashlib, os, platform, subprocess, sys, time
+from concurrent.futures import ThreadPoolExecutor
+
+def library_fingerprint(root:str|Path)->str:
+    "sha256 of what chapter outputs depend on besides their own code: `polar_nb/`, `data/`, settings, pins and `POLAR_*` variables."
+    root = Path(root); h = hashlib.sha256()
+    files = [*(root/'polar_nb').rglob('*.py'), *(p for p in (root/'data').rglob('*') if p.is_file() and '__pycache__' not in p.parts),
+             *(root/n for n in ('settings.ini', 'pyproject.toml', 'constraints.txt') if (root/n).is_file())]
+    for p in sorted(files): h.update(p.relative_to(root).as_posix().encode() + b'\0' + p.read_bytes() + b'\0')
+    for k,v in sorted(os.environ.items()):
+        if k.startswith('POLAR_'): h.update(f'{k}={v}\0'.encode())
+    return h.hexdigest()
+
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    (Path(d)/'polar_nb').mkdir(); (Path(d)/'polar_nb'/'a.py').write_text('x = 1')
+    f0 = library_fingerprint(d)
+    test_eq(library_fingerprint(d), f0)
+    (Path(d)/'polar_nb'/'a.py').write_text('x = 2'); f1 = library_fingerprint(d)
+    assert f1 != f0
+    (Path(d)/'data').mkdir(); (Path(d)/'data'/'w.safetensors').write_bytes(b'\0'); assert library_fingerprint(d) != f1
+f0[:12]
+
+
+# %% [markdown]
+# What produced an output: the commit (marked `+changes` when the checkout differs from it), the
+# date, the machine in words and the seconds the cell ran (from the timing nbclient records).
+
+# %%
+#| export
+def machine_summary()->str:
+    "The machine in words: system, architecture, CPUs and GPU (if torch sees one)."
+    s = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
+    try:
+        import torch
+        if torch.cuda.is_available(): s += f", {torch.cuda.get_device_name(0)}"
+    except ImportError: pass
+    return s
+
+def commit_of(root:str|Path)->str|None:
+    "The checkout's short commit, `+changes` when tracked files differ from it; None outside git."
+    git = lambda *a: subprocess.run(['git', '-C', str(root), *a], capture_output=True, text=True)
+    r = git('rev-parse', '--short=10', 'HEAD')
+    if r.returncode: return None
+    return r.stdout.strip() + ('+changes' if git('status', '--porcelain', '--untracked-files=no').stdout.strip() else '')
+
+def cell_seconds(cell)->float|None:
+    "Seconds a code cell ran, from nbclient's timing metadata (None when not recorded)."
+    ex = cell.get('metadata', {}).get('execution', {})
+    try: return (datetime.datetime.fromisoformat(ex['shell.execute_reply']) - datetime.datetime.fromisoformat(ex['iopub.execute_input'])).total_seconds()
+    except (KeyError, ValueError): return None
+
+
+# %%
+c = nbformat.v4.new_code_cell('1', metadata={'execution': {'iopub.execute_input': '2026-01-01T00:00:00.000Z', 'shell.execute_reply': '2026-01-01T00:01:02.500Z'}})
+test_eq(cell_seconds(c), 62.5)
+test_eq(cell_seconds(nbformat.v4.new_code_cell('1')), None)
+assert commit_of(find_root()) is None or len(commit_of(find_root())) >= 10
+machine_summary()
+
+# %% [markdown]
+# The cache is jupyter-cache's own, with one change: the key also covers the notebook metadata
+# `polar_nb_book` (mode and fingerprint), and no cell metadata (so recording provenance in a cell
+# does not count as a change of the chapter).
+
+# %%
+#| export
+BOOK_KEY = 'polar_nb_book'  # notebook metadata hashed with the code cells: mode and library fingerprint
+
+def book_cache(path:str|Path):
+    "A jupyter-cache folder whose keys cover the code cells, the kernel and `nb.metadata[BOOK_KEY]`."
+    from jupyter_cache.cache.main import JupyterCacheBase
+    class BookCache(JupyterCacheBase):
+        def create_hashed_notebook(self, nb, nb_metadata=('kernelspec',), cell_metadata=None):
+            return super().create_hashed_notebook(nb, tuple(nb_metadata or ('kernelspec',)) + (BOOK_KEY,), ())
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return BookCache(str(path))
+
+def _keyed(nb, mode:str, fingerprint:str):
+    "A copy of `nb` carrying its cache key's metadata."
+    nb = copy.deepcopy(nb); nb.metadata[BOOK_KEY] = dict(mode=mode, library=fingerprint); return nb
+
+def _cached(cache, nb):
+    "`nb` with the outputs of its cached execution merged in, or None."
+    try: return cache.merge_match_into_notebook(nb, cell_meta=('execution', 'polar_nb'))[1]
+    except KeyError: return None
+
+
+# %% [markdown]
+# `flagged(cell, flags)` says whether a cell carries one of the flags; in the `ci` mode the stored
+# outputs of flagged cells are always the ones in the notebook now (a cached execution may hold
+# older ones). In the `full` mode every code cell's outputs go back into the notebook, and flagged
+# cells record their provenance in the cell metadata `polar_nb`, which the rendered page shows.
+
+# %%
+#| export
+def flagged(cell, flags)->bool:
+    "Whether code `cell` carries one of the directives `flags`."
+    return cell.cell_type == 'code' and bool(set(directives(cell)) & set(flags))
+
+def _stored_flagged(nb, src, flags):
+    "`nb` with the outputs and provenance of its flagged cells taken from `src` (the same notebook)."
+    for c,s in zip([c for c in nb.cells if c.cell_type == 'code'], [c for c in src.cells if c.cell_type == 'code']):
+        if flagged(s, flags):
+            c.outputs = copy.deepcopy(s.outputs)
+            if 'polar_nb' in s.metadata: c.metadata['polar_nb'] = copy.deepcopy(s.metadata['polar_nb'])
+            else: c.metadata.pop('polar_nb', None)
+    return nb
+
+def write_back(path:str|Path, # the chapter notebook to update
+               ran, # its full execution
+               flags, # the directives whose cells record provenance
+               prov:dict, # commit, date and machine of the run
+               skip=(), # flags whose cells were not executed (they keep what they hold)
+              ):
+    "Store the outputs of the full execution `ran` in `path` (flagged cells with `prov` and their seconds), then nbdev-clean it."
+    path = Path(path); nb = nbformat.read(path, as_version=4)
+    code, done = [c for c in nb.cells if c.cell_type == 'code'], [c for c in ran.cells if c.cell_type == 'code']
+    if [c.source for c in code] != [c.source for c in done]: raise RuntimeError(f"{path} changed while it was executed; its outputs were not stored")
+    for c,r in zip(code, done):
+        if flagged(c, skip): continue
+        c.outputs, c.execution_count = copy.deepcopy(r.outputs), None
+        if flagged(c, flags): c.metadata['polar_nb'] = dict(prov, seconds=None if (s := cell_seconds(r)) is None else round(s, 1))
+    nbformat.write(nb, path)
+    from nbdev.clean import clean_nb
+    from nbdev.config import get_config
+    from fastcore.nbio import read_nb, write_nb
+    cfg = get_config(path=path.parent); raw = read_nb(path)
+    clean_nb(raw, cfg.clear_all, cfg.get('allowed_metadata_keys') or [], [*(cfg.get('allowed_cell_metadata_keys') or []), 'polar_nb'], cfg.clean_ids,
+             cfg.get('allowed_out_metadata_keys') or [])
+    write_nb(raw, path)
+
+
+# %% [markdown]
+# `execute_book` puts it together: chapters found in the cache are merged, the others executed
+# by `workers` kernels at once (one line of progress per chapter), stored in the cache, and in
+# the `full` mode written back.
+
+# %%
+#| export
+def execute_book(paths:list, # chapter notebooks, in reading order
+                 full:bool=False, # also execute the flagged (`slow`, `cuda` on a GPU) cells and store the outputs back in the notebooks
+                 flags=('slow', 'cuda'), # the flags of `tst_flags`
+                 cache:str|Path|None=None, # jupyter-cache folder (None: execute everything, keep nothing)
+                 fingerprint:str='', # `library_fingerprint` of the checkout
+                 workers:int|None=None, # kernels at once (default: the CPU count)
+                 timeout:int=1800, # seconds allowed per cell
+                 out:str|Path|None=None, # folder for the executed copies (None: none written)
+                 root:str|Path|None=None, # the repository (for the commit in the provenance)
+                 progress:bool=True,
+                )->list:
+    "Every chapter executed (or merged from the cache): the notebooks, in the order of `paths`."
+    import torch
+    mode = 'full' if full else 'ci'
+    skip = {f for f in flags if f == 'cuda' and not torch.cuda.is_available()} if full else set(flags)  # GPU cells need a GPU
+    jc = book_cache(cache) if cache else None
+    src = [nbformat.read(p, as_version=4) for p in paths]
+    keyed = [_keyed(nb, mode, fingerprint) for nb in src]
+    done = [(_cached(jc, k) if jc else None) for k in keyed]
+    todo = [i for i,d in enumerate(done) if d is None]
+    say = lambda m: print(m, flush=True) if progress else None
+    for i,d in enumerate(done):
+        if d is not None: say(f"[{i+1}/{len(paths)}] {Path(paths[i]).name}: unchanged since its last {mode} execution (cached)")
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    prov = dict(commit=commit_of(root or Path(paths[0]).parent), date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+                machine=machine_summary())
+    def run(i):
+        t0 = time.perf_counter()
+        nb = copy.deepcopy(keyed[i])
+        FlagSkippingClient(nb, skip=skip, timeout=timeout, kernel_name='python3', extra_arguments=['--log-level=ERROR'],
+                           resources={'metadata': {'path': str(Path(paths[i]).resolve().parent)}}).execute()
+        say(f"[{i+1}/{len(paths)}] {Path(paths[i]).name}: executed ({mode}) in {time.perf_counter() - t0:.0f} s")
+        return nb
+    threads = {k: os.environ.get(k) for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
+    try:
+        if workers > 1:
+            for k in threads: os.environ.setdefault(k, '1')
+        with ThreadPoolExecutor(workers) as ex:
+            for i,nb in zip(todo, ex.map(run, todo)):
+                if jc:
+                    from jupyter_cache.base import CacheBundleIn
+                    jc.cache_notebook_bundle(CacheBundleIn(nb, str(paths[i])), check_validity=False, overwrite=True)
+                done[i] = nb
+                if full: write_back(paths[i], nb, flags, prov, skip)
+    finally:
+        for k,v in threads.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+    out_nbs = []
+    for i,nb in enumerate(done):
+        nb = copy.deepcopy(nb); nb.metadata.pop(BOOK_KEY, None)
+        if not full: nb = _stored_flagged(nb, src[i], flags)
+        if out: Path(out).mkdir(parents=True, exist_ok=True); nbformat.write(nb, Path(out)/Path(paths[i]).name)
+        out_nbs.append(nb)
+    return out_nbs
+
+
+# %% [markdown]
+# Two small chapters, one with a `slow` cell, show each step: the first `ci` execution runs both
+# (the slow cell keeps its stored output), the second finds both in the cache, the `full` mode runs
+# the slow cell too and stores its output with its provenance, a markdown edit needs no execution,
+# and a changed library executes again. Each kernel appends a line to `runs.txt`, so the file
+# counts executions.
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    d = Path(d); log = d/'runs.txt'
+    cell = lambda s, **kw: nbformat.v4.new_code_cell(s, **kw)
+    for n in ('a', 'b'):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f'# {n}'),
+            cell(f"open({str(log)!r}, 'a').write('{n}\\n'); 6*7"),
+            cell('#| slow\n# NBVAL_SKIP\nprint("full run")', outputs=[nbformat.v4.new_output('stream', name='stdout', text='stored\n')])]), d/f'{n}.ipynb')
+    paths, runs = [d/'a.ipynb', d/'b.ipynb'], lambda: log.read_text().split() if log.exists() else []
+    ex = lambda **kw: execute_book(paths, cache=d/'jc', progress=False, workers=2, **kw)
+    ci = ex(fingerprint='lib1')
+    test_eq(sorted(runs()), ['a', 'b'])
+    test_eq(ci[0].cells[1].outputs[0].data['text/plain'], '42')
+    test_eq(ci[0].cells[2].outputs[0].text, 'stored\n')  # the slow cell shows its stored output
+    test_eq(ex(fingerprint='lib1')[1].cells[1].outputs[0].data['text/plain'], '42'); test_eq(len(runs()), 2)  # from the cache
+    full = ex(fingerprint='lib1', full=True, root=d)
+    test_eq(len(runs()), 4)
+    stored = nbformat.read(d/'a.ipynb', as_version=4).cells[2]
+    test_eq(stored.outputs[0].text, 'full run\n')  # written back to the chapter
+    test_eq(set(stored.metadata['polar_nb']), {'commit', 'date', 'machine', 'seconds'})
+    ex(fingerprint='lib1', full=True); test_eq(len(runs()), 4)  # --full again: nothing to do
+    nb = nbformat.read(d/'b.ipynb', as_version=4); nb.cells[0].source = '# b, retitled'; nbformat.write(nb, d/'b.ipynb')
+    again = ex(fingerprint='lib1')
+    test_eq(len(runs()), 4)  # a markdown edit: merged from the cache
+    test_eq(again[1].cells[0].source, '# b, retitled')
+    test_eq(again[0].cells[2].outputs[0].text, 'full run\n')  # the stored output now in the notebook
+    ex(fingerprint='lib2'); test_eq(len(runs()), 6)  # the library changed: executed again
+stored.metadata['polar_nb']
+
+# %% [markdown]
 # ## Rendering a chapter
 #
 # Before rendering, cells are prepared the way nbdev prepares its docs: `#| hide` cells go,
@@ -280,13 +529,27 @@ test_eq(nb_links_to_html('see [Metrics](05_metrics.ipynb#ties), [home](index.ipy
 
 # %%
 #| export
-def for_reading(nb)->nbformat.NotebookNode:
-    "A copy of `nb` prepared for reading: hidden cells removed, directives stripped, tags for nbconvert."
+def provenance_note(cell, flags=('slow', 'cuda'))->str|None:
+    "The line shown above a flagged cell: what produced its stored output (None for other cells)."
+    f = [x for x in directives(cell) if x in flags] if cell.cell_type == 'code' else []
+    if not f: return None
+    what = f"a <code>{f[0]}</code> cell, run by <code>polar-nb book --full</code>"
+    if not cell.get('outputs'): return f'<div class="book-provenance">No stored output: {what}.</div>'
+    p = cell.metadata.get('polar_nb')
+    if not p: return f'<div class="book-provenance">Stored output of {what}; what produced it is not recorded.</div>'
+    s = p.get('seconds')
+    parts = [f"commit <code>{html.escape(str(p.get('commit') or 'not recorded'))}</code>", html.escape(str(p.get('date') or 'date not recorded')),
+             html.escape(str(p.get('machine') or 'machine not recorded')), 'seconds not recorded' if s is None else f"{s:,.0f} s"]
+    return f'<div class="book-provenance">Stored output of {what}: {", ".join(parts)}.</div>'
+
+def for_reading(nb, flags=('slow', 'cuda'))->nbformat.NotebookNode:
+    "A copy of `nb` prepared for reading: hidden cells removed, directives stripped, flagged cells labelled, tags for nbconvert."
     nb = copy.deepcopy(nb)
     cells = []
     for c in nb.cells:
         d = directives(c) if c.cell_type=='code' else {}
         if 'hide' in d or d.get('include')=='false': continue
+        if (note := provenance_note(c, flags)): cells.append(nbformat.v4.new_markdown_cell(note))
         if c.cell_type=='code':
             c.source = '\n'.join(l for l in c.source.splitlines()
                                  if not _DIRECTIVE.match(l) and not l.strip().startswith('# NBVAL_')).strip('\n')
@@ -310,6 +573,19 @@ test_eq([x.source for x in r], ['def f(): pass', 'plot()', '# Title'])
 test_eq(r[1].metadata.tags, ['remove_input'])
 c = nbformat.v4.new_code_cell('t', outputs=[nbformat.v4.new_output('execute_result', {'text/html': '<a href="21_main_results.ipynb">21</a>'})])
 test_eq(for_reading(nbformat.v4.new_notebook(cells=[c])).cells[0].outputs[0].data['text/html'], '<a href="21_main_results.html">21</a>')
+
+# %% [markdown]
+# A `slow` or `cuda` cell is labelled with what produced its stored output:
+
+# %%
+out = [nbformat.v4.new_output('stream', name='stdout', text='done\n')]
+c = [nbformat.v4.new_code_cell('#| slow\nrun()', outputs=out, metadata={'polar_nb': dict(commit='0123456789', date='2026-12-07 10:00 UTC', machine='Linux x86_64, 2 CPUs', seconds=312.4)}),
+     nbformat.v4.new_code_cell('#| slow\nrun()', outputs=out), nbformat.v4.new_code_cell('#| cuda\nrun()')]
+r = for_reading(nbformat.v4.new_notebook(cells=c)).cells
+test_eq([x.cell_type for x in r], ['markdown', 'code'] * 3)
+assert 'commit <code>0123456789</code>, 2026-12-07 10:00 UTC, Linux x86_64, 2 CPUs, 312 s' in r[0].source
+assert 'not recorded' in r[2].source and 'No stored output' in r[4].source
+r[0].source
 
 
 # %%
@@ -350,6 +626,7 @@ nav.book-sidebar ol {padding-left: 1.8em; margin: 0} nav.book-sidebar li {margin
 nav.book-sidebar a {color: #1a5fb4; text-decoration: none} nav.book-sidebar li.active > a {font-weight: 700; color: #000}
 body.jp-Notebook > main {margin-left: 270px; max-width: 1100px}
 .book-pager {display: flex; justify-content: space-between; margin: 2em 0 3em 0; font-family: system-ui, sans-serif}
+.book-provenance {font: 12px system-ui, sans-serif; color: #555; background: #f3f3f6; border-left: 3px solid #b8b8c8; padding: .3em .7em; margin: .8em 0 .2em 0}
 </style>{%- endblock html_head_css -%}
 {%- block input -%}
 <div class="jp-CodeMirrorEditor jp-Editor jp-InputArea-editor" data-type="inline"><div class="cm-editor cm-s-jupyter">
@@ -475,18 +752,22 @@ def _page_parts(cfg, pages)->list[tuple]:
 
 def render_book(root:str|Path|None=None, # the repository (default: found from the current folder)
                 out:str|Path='_site', # output folder, relative to `root`
-                execute:bool=True, # run every chapter first (else render the outputs stored in the notebooks)
+                execute:bool=True, # execute the chapters first (else render the outputs stored in the notebooks)
+                full:bool=False, # also execute the `slow` (and, on a GPU, `cuda`) cells and store their outputs in the notebooks
+                workers:int|None=None, # chapters executed at once (default: the CPU count)
+                cache:bool=True, # keep executions in `<cache_dir>/book` and skip chapters unchanged since
                 timeout:int=1800, # seconds allowed per cell
                 progress:bool=True, # print one line per chapter
                )->Path:
     "Execute (optionally) and render every chapter of `_quarto.yml` to `out`; returns the index page."
     root = find_root(root); cfg = book_config(root); out = (root/out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    nbs = []
-    for p in cfg['chapters']:
-        if progress: print(f"{'executing' if execute else 'reading'} {p.relative_to(root)}", flush=True)
-        nbs.append(execute_chapter(p, out/'notebooks'/p.name, skip=skip_flags(root), timeout=timeout)
-                   if execute else nbformat.read(p, as_version=4))
+    if execute:
+        from polar_nb.config import get_settings
+        jc = (get_settings().cache_dir/'book') if cache else None
+        nbs = execute_book(cfg['chapters'], full=full, flags=tuple(skip_flags(root)), cache=jc, fingerprint=library_fingerprint(root),
+                           workers=workers, timeout=timeout, out=out/'notebooks', root=root, progress=progress)
+    else: nbs = [nbformat.read(p, as_version=4) for p in cfg['chapters']]
     pages = [(page_name(p), chapter_title(nb)) for p,nb in zip(cfg['chapters'], nbs)]
     parts = _page_parts(cfg, pages)
     for i,nb in enumerate(nbs): (out/pages[i][0]).write_text(render_chapter(nb, cfg['title'], pages, i, parts), encoding='utf-8')

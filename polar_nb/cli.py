@@ -50,9 +50,16 @@ def _parser()->argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='polar-nb', description='Personalized text-to-image search (POLAR, CAP).')
     ap.add_argument('--traceback', action='store_true', help='on an error, show the whole Python traceback')
     sub = ap.add_subparsers(dest='cmd', required=True)
-    b = sub.add_parser('book', help='execute every chapter and render the book to HTML')
+    b = sub.add_parser('book', help="execute every chapter's CI-scale cells and render the book to HTML",
+                       description="Execute every chapter (its `slow` cells show their stored outputs, labelled with what produced them) "
+                                   "and render the book. A chapter whose code, library and settings are unchanged since its last "
+                                   "execution is taken from the cache (<cache_dir>/book).")
     b.add_argument('--out', default='_site', help='output folder, relative to the repository root')
     b.add_argument('--no-execute', action='store_true', help='render the outputs stored in the notebooks')
+    b.add_argument('--full', action='store_true', help='also execute the `slow` cells (and `cuda` ones on a GPU): the full runs, '
+                   'which take hours; their outputs and what produced them are stored in the notebooks')
+    b.add_argument('--workers', type=_positive, default=None, help='chapters executed at once (default: the CPU count)')
+    b.add_argument('--no-cache', action='store_true', help='execute every chapter, even those unchanged since their last execution')
     b.add_argument('--timeout', type=_positive, default=1800, help='seconds allowed per cell')
     _bench_parser(sub)
     _library_parsers(sub)
@@ -135,7 +142,8 @@ def _run(a:argparse.Namespace)->int:
     get_settings()
     if a.cmd == 'book':
         from polar_nb.book import render_book
-        index = render_book(out=a.out, execute=not a.no_execute, timeout=a.timeout)
+        if a.no_execute and a.full: raise ValueError("--full executes the slow cells; it cannot be combined with --no-execute")
+        index = render_book(out=a.out, execute=not a.no_execute, full=a.full, workers=a.workers, cache=not a.no_cache, timeout=a.timeout)
         print(f"The book is ready: open {index}")
     if a.cmd == 'bench':
         from polar_nb.bench import run_bench

@@ -10,7 +10,7 @@ __all__ = ['PARAMS', 'FAST_PARAMS', 'CACHE_BYTES', 'TEMPLATES', 'OPTIMIZERS', 'F
            'encode_text', 'training_prompts', 'TrainingDiverged', 'personalize', 'StackedAdam', 'personalize_many']
 
 # %% ../nbs/10_polar.ipynb #7c0564ac
-import json, math
+import hashlib, json, math
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -308,6 +308,17 @@ def _memo_summaries(bb:Backbone, tokens:torch.Tensor)->dict:
     while len(rows) * per_row > CACHE_BYTES: rows.popitem(last=False)
     return out
 
+def _memo_prefix(bb:Backbone, tokens:torch.Tensor, upto:int)->torch.Tensor:
+    "`_prefix(bb, tokens, upto)` for truncated `tokens`, reused while the text weights stay the same (read-only)."
+    c = bb.cache.setdefault('prefix', {})
+    if c.get('version') != (ver := _text_version(bb)): c.clear(); c.update(version=ver, states=OrderedDict())
+    states = c['states']
+    key = (upto, tuple(tokens.shape), hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest())
+    if key not in states: states[key] = _prefix(bb, tokens, upto)
+    states.move_to_end(key)
+    while len(states) > 1 and sum(h.numel() * h.element_size() for h in states.values()) > CACHE_BYTES: states.popitem(last=False)
+    return states[key]
+
 # %% ../nbs/10_polar.ipynb #30d9ee3b
 def _as_updates(updates)->list:
     "A list of updates from None, one update, or an iterable of them."
@@ -335,7 +346,7 @@ def encode_text(bb:Backbone, # the backbone
             elif _fast_ok(bb, factors): e = F.normalize(finish_eot(bb, _memo_summaries(bb, tok), factors), dim=-1)
             else:
                 t = _truncate(tok); l0 = _first_layer(bb, factors)
-                e = F.normalize(_run_from(bb, _prefix(bb, t, l0), t, l0, merged_weights(bb, factors)), dim=-1)
+                e = F.normalize(_run_from(bb, _memo_prefix(bb, t, l0), t, l0, merged_weights(bb, factors)), dim=-1)
             out.append(e.float().cpu())
     return torch.cat(out)
 
@@ -394,7 +405,7 @@ def _trainer(bb:Backbone, tokens:torch.Tensor, param:str, layers:list, exact:boo
     if not exact: raise ValueError(f"exact=False (the official approximation) is implemented for the last layer's "
                                    f"{', '.join(FAST_PARAMS)} and proj, not for {param!r} in layers {layers}")
     t = _truncate(tokens); l0 = min(bb.n_layers if l is None else l for l in layers)
-    h = _prefix(bb, t, l0)
+    h = _memo_prefix(bb, t, l0)
     return lambda A, B: _run_from(bb, h, t, l0, merged_weights(bb, fs(A, B)))
 
 @contextmanager

@@ -10,7 +10,9 @@ stamp=.venv/.polar-nb-setup
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/python ]; then exit 0; fi
 py="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$py" -m venv .venv
-pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# --no-compile: Python compiles each module when it is first imported, rather than every file of
+# every package (torch alone has thousands) at install time.
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile)
 # torch first, alone and exact: every later requirement is then satisfied by it, so nothing can pull
 # another (multi-GB CUDA) build. Where a local CPU wheel of 2.13.0 is offered (find-links), pip takes it.
 "${pip[@]}" "torch==2.13.0"
