@@ -8,8 +8,8 @@ Docs: https://polar-nb.github.io/polar-nb/baselines.html.md"""
 __all__ = ['PAPER_SUPPORT', 'PAPER_DEFAULTS', 'BATCHED', 'SPLITS', 'fill', 'file_hash', 'ConceptSet', 'draw_support',
            'concept_set', 'Method', 'settings_text', 'TextOnly', 'support_mean', 'ImageOnly', 'AvgImText', 'cache_root',
            'concept_file', 'concept_word', 'concept_prompts', 'polar_defaults', 'Polar', 'encode_with_vectors',
-           'initial_vector', 'invert_tokens', 'invert_token', 'TextualInversion', 'evaluate_queries', 'summarize',
-           'evaluate', 'as_percent', 'caption_ranks', 'caption_recall', 'general_knowledge', 'claims']
+           'vector_trainer', 'initial_vector', 'invert_tokens', 'invert_token', 'TextualInversion', 'evaluate_queries',
+           'summarize', 'evaluate', 'as_percent', 'caption_ranks', 'caption_recall', 'general_knowledge', 'claims']
 
 # %% ../nbs/11_baselines.ipynb #69f7a1aa
 import hashlib, inspect, json, os, re, warnings
@@ -19,12 +19,12 @@ import numpy as np, pandas as pd, torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .clip import Backbone, image_features, tokenize, token_id, fingerprint, save_safetensors, content_hash, file_locks
+from .clip import Backbone, image_features, tokenize, token_id, eot_positions, fingerprint, save_safetensors, content_hash, file_locks
 from .config import get_settings
 from .data import Query
 from .metrics import metrics_table, metric_columns
 from .polar import (LowRankUpdate, TEMPLATES, encode_text, personalize, _check_tower, _frozen, _prompt_tokens,
-                            _run_from, _truncate, _unit_features)
+                            _project, _run_from, _truncate, _unit_features)
 from .polar import personalize_many
 
 # %% ../nbs/11_baselines.ipynb #61d239a2
@@ -304,6 +304,54 @@ def encode_with_vectors(bb:Backbone, # the backbone
     x = m.token_embedding(t).masked_scatter(mask[..., None], vecs.to(m.token_embedding.weight).contiguous())
     return _run_from(bb, (x + m.positional_embedding[:t.shape[1]]).to(m.transformer.get_cast_dtype()), t, 0, {})
 
+# %% ../nbs/11_baselines.ipynb #9d64c218
+def _heads(x:torch.Tensor, H:int)->torch.Tensor:
+    "[n, T, d] -> [n, H, T, d/H]."
+    n, T, d = x.shape; return x.view(n, T, H, d // H).transpose(1, 2)
+
+def vector_trainer(bb:Backbone, # the backbone
+                   tokens:torch.Tensor, # token ids [n, context_length], each row holding `tid`
+                   tid:int, # the token whose occurrences take the vectors
+                  ):
+    "f(vecs) -> `encode_with_vectors(bb, tokens, tid, vecs)`, computing only what the vectors change (see above)."
+    m, t = bb.model, _truncate(tokens)
+    mask = t == tid
+    if not mask.any(1).all(): raise ValueError(f"rows {(~mask.any(1)).nonzero().flatten().tolist()[:5]} do not hold token {tid}")
+    blocks, cast = m.transformer.resblocks, m.transformer.get_cast_dtype()
+    d, H = bb.width, blocks[0].attn.num_heads
+    eot, first = eot_positions(t), mask.int().argmax(1)
+    rows, pos = mask.nonzero(as_tuple=True)  # the occurrences, row by row, left to right (as `encode_with_vectors` takes them)
+    with torch.no_grad():
+        emb = (m.token_embedding(t) + m.positional_embedding[:t.shape[1]]).to(cast)
+        groups = []
+        for p in sorted(set(first.tolist())):  # rows whose first occurrence is at p share a prefix length
+            idx = (first == p).nonzero().flatten()
+            x, kv = emb[idx, :p], []
+            for blk in blocks:
+                k, v = F.linear(blk.ln_1(x), blk.attn.in_proj_weight[d:], blk.attn.in_proj_bias[d:]).chunk(2, -1)
+                kv.append((_heads(k, H), _heads(v, H)))
+                x = blk(x, attn_mask=m.attn_mask[:p, :p])
+            groups.append((idx, p, int(eot[idx].max()) + 1, kv))
+    def f(vecs:torch.Tensor)->torch.Tensor:
+        if len(vecs) != len(rows): raise ValueError(f"{len(rows)} occurrence(s) of token {tid} for {len(vecs)} vector(s)")
+        x0 = emb.index_put((rows, pos), (vecs.to(m.token_embedding.weight) + m.positional_embedding[pos]).to(cast))
+        out = [None] * len(t)
+        for idx, p, T, kv in groups:
+            x, e, ar = x0[idx, p:T], eot[idx] - p, torch.arange(len(idx))
+            for l, (blk, (kp, vp)) in enumerate(zip(blocks, kv)):
+                at, last = blk.attn, l == len(blocks) - 1
+                q, k, v = F.linear(blk.ln_1(x), at.in_proj_weight, at.in_proj_bias).chunk(3, -1)
+                K, V, q = torch.cat([kp, _heads(k, H)], 2), torch.cat([vp, _heads(v, H)], 2), _heads(q, H)
+                if last: q, x, am = q[ar, :, e][:, :, None], x[ar, e][:, None], m.attn_mask[eot[idx], :T][:, None, None]
+                else: am = m.attn_mask[p:T, :T]
+                a = F.scaled_dot_product_attention(q, K, V, attn_mask=am.to(q.dtype)).transpose(1, 2).flatten(2)
+                x = x + blk.ls_1(at.out_proj(a))
+                x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+            z = _project(m, m.ln_final(x[:, 0]))
+            for j, i in enumerate(idx.tolist()): out[i] = z[j]
+        return torch.stack(out)
+    return f
+
 # %% ../nbs/11_baselines.ipynb #675a3c0d
 def initial_vector(bb:Backbone, # the backbone
                    init:str='coarse', # 'coarse': the class name's embedding; 'token': the token's own row; 'random'
@@ -345,8 +393,9 @@ def invert_tokens(bb:Backbone, # the backbone (its weights are left untouched)
     cnt = torch.bincount(rows, minlength=len(Ys)).float()
     opt, hist = torch.optim.Adam([V], lr=lr), [[] for _ in Ys]
     with _frozen(bb.model), torch.enable_grad():
+        enc = vector_trainer(bb, tokens, tid)
         for _ in tqdm(range(iters), desc=f'textual inversion {token} ({len(Ys)})', disable=not progress):
-            err = ((F.normalize(encode_with_vectors(bb, tokens, tid, V[occ]), dim=-1) - Y)**2).mean(-1)
+            err = ((F.normalize(enc(V[occ]), dim=-1) - Y)**2).mean(-1)
             loss = torch.zeros(len(Ys), dtype=err.dtype, device=err.device).index_add(0, rows, err) / cnt.to(err)  # each concept's own mean
             for h,l in zip(hist, loss.tolist()): h.append(l)
             opt.zero_grad(); loss.sum().backward(); opt.step()  # Adam is elementwise: each row moves as if trained alone

@@ -160,3 +160,21 @@ def test_calibration_reaches_its_target():
 def test_old_names_warn():
     import polar_nb.bench as B
     with pytest.warns(DeprecationWarning, match='moved to polar_nb.library.feature_file'): assert B.feature_file is L.feature_file
+
+def test_vit_b_32_end_to_end(world, tmp_path):
+    "The real ViT-B-32 architecture (random weights) through indexing, training a concept, saving, loading and search."
+    import torch
+    from polar_nb.polar import LowRankUpdate, encode_text
+    vit = load_backbone('ViT-B-32', pretrained=None, device='cpu')
+    folder = photos_folder(world, tmp_path, n=8)
+    lib = PhotoLibrary.open(folder, backbone=vit); lib.update()
+    u = lib.learn('Dotty', sorted(folder.rglob('*.jpeg'))[:3], iters=15)
+    assert u.backbone == 'ViT-B-32' and u.history[-1] < u.history[0]  # trained
+    again = PhotoLibrary.open(folder, backbone=vit)  # a new process would see this: the update read from its file
+    back = again.concept('Dotty')
+    assert isinstance(back, LowRankUpdate) and torch.equal(back.A, u.A) and torch.equal(back.B, u.B)
+    hits = again.search('Dotty on the beach', k=8)
+    paths, X, _ = again.features()
+    want = (encode_text(vit, 'sks on the beach', [back]) @ torch.from_numpy(X.astype(np.float32)).T)[0]
+    assert [h.path for h in hits] == [paths[i] for i in want.argsort(descending=True, stable=True).tolist()]
+    assert np.allclose([h.score for h in hits], want.sort(descending=True).values.numpy(), atol=2e-3)
