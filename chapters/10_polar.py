@@ -382,16 +382,28 @@ def _project(m, z:torch.Tensor, P=None)->torch.Tensor:
 
 # %%
 #| export
+def _block_at_eot(bb:Backbone, i:int, h:torch.Tensor, eot:torch.Tensor, sub:dict)->torch.Tensor:
+    "The output of text layer `i` at the end-of-text rows only [n, d], from its input `h` [n, T, d] (weights `sub` replacing the layer's own)."
+    m, blk = bb.model, bb.model.transformer.resblocks[i]
+    W = lambda name: sub.get(name, blk.get_parameter(name))
+    at, (n, T, d) = blk.attn, h.shape; H, ar = at.num_heads, torch.arange(n, device=h.device)
+    x = blk.ln_1(h); Win, bin_ = W('attn.in_proj_weight'), W('attn.in_proj_bias')
+    q = F.linear(x[ar, eot], Win[:d], bin_[:d]).view(n, H, 1, d // H)
+    k, v = (t.view(n, T, H, d // H).transpose(1, 2) for t in F.linear(x, Win[d:], bin_[d:]).chunk(2, -1))
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=m.attn_mask[eot, :T][:, None, None].to(q.dtype)).flatten(1)
+    y = h[ar, eot] + blk.ls_1(F.linear(a, W('attn.out_proj.weight'), W('attn.out_proj.bias')))
+    z = blk.mlp.gelu(F.linear(blk.ln_2(y), W('mlp.c_fc.weight'), W('mlp.c_fc.bias')))
+    return y + blk.ls_2(F.linear(z, W('mlp.c_proj.weight'), W('mlp.c_proj.bias')))
+
 def _run_from(bb:Backbone, h:torch.Tensor, tokens:torch.Tensor, start:int, merged:dict)->torch.Tensor:
-    "Unnormalised text embeddings from hidden states `h` entering layer `start`, with `merged` weights."
-    m, T = bb.model, tokens.shape[1]
-    for i in range(start, bb.n_layers):
-        pre = f'transformer.resblocks.{i}.'
-        sub = {k[len(pre):]: v for k,v in merged.items() if k.startswith(pre)}
+    "Unnormalised text embeddings from hidden states `h` entering layer `start`, with `merged` weights (the last layer at the end-of-text rows only)."
+    m, T, L, eot = bb.model, tokens.shape[1], bb.n_layers, eot_positions(tokens)
+    subs = [{k[len(pre):]: v for k,v in merged.items() if k.startswith(pre)} for pre in (f'transformer.resblocks.{i}.' for i in range(L))]
+    for i in range(start, L-1):
         blk = m.transformer.resblocks[i]
-        h = torch.func.functional_call(blk, sub, (h,), dict(attn_mask=m.attn_mask[:T, :T])) if sub else blk(h, attn_mask=m.attn_mask[:T, :T])
-    z = m.ln_final(h)[torch.arange(len(h), device=h.device), eot_positions(tokens)]
-    return _project(m, z, merged.get('text_projection', merged.get('text_projection.weight')))
+        h = torch.func.functional_call(blk, subs[i], (h,), dict(attn_mask=m.attn_mask[:T, :T])) if subs[i] else blk(h, attn_mask=m.attn_mask[:T, :T])
+    z = _block_at_eot(bb, L-1, h, eot, subs[L-1]) if start < L else h[torch.arange(len(h), device=h.device), eot]
+    return _project(m, m.ln_final(z), merged.get('text_projection', merged.get('text_projection.weight')))
 
 def _first_layer(bb:Backbone, factors:list)->int:
     "The lowest layer any factor touches (the number of layers for the final projection)."
