@@ -382,14 +382,18 @@ def _project(m, z:torch.Tensor, P=None)->torch.Tensor:
 
 # %%
 #| export
+def _heads(x:torch.Tensor, H:int)->torch.Tensor:
+    "[n, T, d] -> [n, H, T, d/H]."
+    n, T, d = x.shape; return x.view(n, T, H, d // H).transpose(1, 2)
+
 def _block_at_eot(bb:Backbone, i:int, h:torch.Tensor, eot:torch.Tensor, sub:dict)->torch.Tensor:
     "The output of text layer `i` at the end-of-text rows only [n, d], from its input `h` [n, T, d] (weights `sub` replacing the layer's own)."
     m, blk = bb.model, bb.model.transformer.resblocks[i]
     W = lambda name: sub.get(name, blk.get_parameter(name))
     at, (n, T, d) = blk.attn, h.shape; H, ar = at.num_heads, torch.arange(n, device=h.device)
     x = blk.ln_1(h); Win, bin_ = W('attn.in_proj_weight'), W('attn.in_proj_bias')
-    q = F.linear(x[ar, eot], Win[:d], bin_[:d]).view(n, H, 1, d // H)
-    k, v = (t.view(n, T, H, d // H).transpose(1, 2) for t in F.linear(x, Win[d:], bin_[d:]).chunk(2, -1))
+    q = _heads(F.linear(x[ar, eot], Win[:d], bin_[:d])[:, None], H)
+    k, v = (_heads(t, H) for t in F.linear(x, Win[d:], bin_[d:]).chunk(2, -1))
     a = F.scaled_dot_product_attention(q, k, v, attn_mask=m.attn_mask[eot, :T][:, None, None].to(q.dtype)).flatten(1)
     y = h[ar, eot] + blk.ls_1(F.linear(a, W('attn.out_proj.weight'), W('attn.out_proj.bias')))
     z = blk.mlp.gelu(F.linear(blk.ln_2(y), W('mlp.c_fc.weight'), W('mlp.c_fc.bias')))

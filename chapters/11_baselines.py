@@ -49,7 +49,7 @@ from polar_nb.config import get_settings
 from polar_nb.data import Query
 from polar_nb.metrics import metrics_table, metric_columns
 from polar_nb.polar import (LowRankUpdate, TEMPLATES, encode_text, personalize, _check_tower, _frozen, _prompt_tokens,
-                            _project, _run_from, _truncate, _unit_features)
+                            _heads, _project, _run_from, _truncate, _unit_features)
 from polar_nb.polar import personalize_many
 
 # %% [markdown]
@@ -614,10 +614,6 @@ test_fail(lambda: encode_with_vectors(bb, tok, tid, torch.zeros(2, bb.width)), c
 
 # %%
 #| export
-def _heads(x:torch.Tensor, H:int)->torch.Tensor:
-    "[n, T, d] -> [n, H, T, d/H]."
-    n, T, d = x.shape; return x.view(n, T, H, d // H).transpose(1, 2)
-
 def vector_trainer(bb:Backbone, # the backbone
                    tokens:torch.Tensor, # token ids [n, context_length], each row holding `tid`
                    tid:int, # the token whose occurrences take the vectors

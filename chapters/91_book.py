@@ -195,10 +195,11 @@ def execute_chapter(src:str|Path, # the notebook to run
                     dst:str|Path|None=None, # where to write the executed copy (None: don't write)
                     skip=('slow', 'cuda'), # flags whose cells are not executed
                     timeout:int=1800, # seconds allowed per cell
+                    nb:nbformat.NotebookNode|None=None, # the content to execute (default: read from `src`), changed in place
                    )->nbformat.NotebookNode:
     "Execute a copy of notebook `src` in a fresh kernel from its folder; `src` itself is not changed."
     src = Path(src).resolve()
-    nb = nbformat.read(src, as_version=4)
+    nb = nbformat.read(src, as_version=4) if nb is None else nb
     FlagSkippingClient(nb, skip=skip, timeout=timeout, kernel_name='python3', extra_arguments=['--log-level=ERROR'],
                        resources={'metadata': {'path': str(src.parent)}}).execute()
     if dst: Path(dst).parent.mkdir(parents=True, exist_ok=True); nbformat.write(nb, dst)
@@ -233,7 +234,7 @@ with tempfile.TemporaryDirectory() as d:
 
 # %%
 #| export
-import datetime, hashlib, os, platform, subprocess, sys, time
+import datetime, hashlib, os, platform, subprocess, time
 from concurrent.futures import ThreadPoolExecutor
 
 def library_fingerprint(root:str|Path)->str:
@@ -402,9 +403,7 @@ def execute_book(paths:list, # chapter notebooks, in reading order
                 machine=machine_summary())
     def run(i):
         t0 = time.perf_counter()
-        nb = copy.deepcopy(keyed[i])
-        FlagSkippingClient(nb, skip=skip, timeout=timeout, kernel_name='python3', extra_arguments=['--log-level=ERROR'],
-                           resources={'metadata': {'path': str(Path(paths[i]).resolve().parent)}}).execute()
+        nb = execute_chapter(paths[i], skip=skip, timeout=timeout, nb=copy.deepcopy(keyed[i]))
         say(f"[{i+1}/{len(paths)}] {Path(paths[i]).name}: executed ({mode}) in {time.perf_counter() - t0:.0f} s")
         return nb
     threads = {k: os.environ.get(k) for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}

@@ -24,7 +24,7 @@ from .config import get_settings
 from .data import Query
 from .metrics import metrics_table, metric_columns
 from .polar import (LowRankUpdate, TEMPLATES, encode_text, personalize, _check_tower, _frozen, _prompt_tokens,
-                            _project, _run_from, _truncate, _unit_features)
+                            _heads, _project, _run_from, _truncate, _unit_features)
 from .polar import personalize_many
 
 # %% ../nbs/11_baselines.ipynb #61d239a2
@@ -305,10 +305,6 @@ def encode_with_vectors(bb:Backbone, # the backbone
     return _run_from(bb, (x + m.positional_embedding[:t.shape[1]]).to(m.transformer.get_cast_dtype()), t, 0, {})
 
 # %% ../nbs/11_baselines.ipynb #9d64c218
-def _heads(x:torch.Tensor, H:int)->torch.Tensor:
-    "[n, T, d] -> [n, H, T, d/H]."
-    n, T, d = x.shape; return x.view(n, T, H, d // H).transpose(1, 2)
-
 def vector_trainer(bb:Backbone, # the backbone
                    tokens:torch.Tensor, # token ids [n, context_length], each row holding `tid`
                    tid:int, # the token whose occurrences take the vectors
