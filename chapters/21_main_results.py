@@ -44,7 +44,6 @@ from polar_nb.paper import paper_table
 # sizes); on the `paper` profile they are the data roots of `settings.ini`.
 
 # %%
-# paper-map: setup
 s = get_settings()
 SEEDS = (0, 1, 2, 3, 4)
 if s.profile == 'paper':
@@ -155,7 +154,6 @@ assert cc_margin >= 0.15, cc_margin
 # leaves concepts out when there are some; here it shows what leaving out three concepts does.
 
 # %%
-# paper-map: tab9
 NAMES_9 = {'POLAR': 'Ours'}
 unseen = main_results(cc, bb, [Polar()], seeds=SEEDS, cache=cache, exclude_concepts=(0, 1, 2))
 pd.concat({'TEST (all 20 concepts)': ours(cc_res[cc_res.method == 'POLAR'], COLS_CC),
@@ -198,7 +196,6 @@ fig.tight_layout()
 # last is the concept with POLAR's lowest AP.
 
 # %%
-# paper-map: fig5
 cs = concept_set(df2, bb, cache)
 pol = Polar(seed=0).fit(bb, cs, cache)
 import torch
@@ -287,7 +284,6 @@ pd.concat([df2_full.summary(), cc_full.summary()])
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: tab10
 t0 = time.perf_counter()
 df2_full_res = main_results(df2_full, bb, seeds=SEEDS, cache=cache, progress=True)
 print(f"{len(SEEDS)} runs in {time.perf_counter() - t0:.0f} s (cached runs are read back); support: {df2_full_res.support.iloc[0]}")
@@ -296,7 +292,6 @@ ours(df2_full_res, COLS_DF2)
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: tab15
 t0 = time.perf_counter()
 cc_full_res = main_results(cc_full, bb, seeds=SEEDS, cache=cache, progress=True)
 print(f"{len(SEEDS)} runs in {time.perf_counter() - t0:.0f} s (cached runs are read back); support: {cc_full_res.support.iloc[0]}")

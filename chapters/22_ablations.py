@@ -177,7 +177,6 @@ def lam_figure(ab:dict, # `ablate`'s result
 # ## The worlds and the backbone
 
 # %%
-# paper-map: setup
 import tempfile, time
 from pathlib import Path
 import torch
@@ -249,7 +248,6 @@ full, took = {}, {}
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: tab11
 t0 = time.perf_counter(); full['11'] = ablate(RANKS, bench=cc, bb=bb, **FULL); took['11'] = time.perf_counter() - t0
 print(f"Tab. 11: {len(full['11']['val_runs']) + len(full['11']['test_runs'])} runs in {took['11']:.0f} s on {torch.get_num_threads()} CPU threads")
 beside_paper(full['11'], '11', 'rank', PAPER_ROWS['rank'])
@@ -262,7 +260,6 @@ fig = lam_figure(full['11'], 'Tab. 11 (rank) on the ConCon-Chi world: validation
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: tab12
 t0 = time.perf_counter(); full['12'] = ablate(LAYERS, bench=cc, bb=bb, **FULL); took['12'] = time.perf_counter() - t0
 print(f"Tab. 12: {len(full['12']['val_runs']) + len(full['12']['test_runs'])} runs in {took['12']:.0f} s on {torch.get_num_threads()} CPU threads")
 beside_paper(full['12'], '12', 'layers', PAPER_ROWS['layers'])
@@ -275,7 +272,6 @@ fig = lam_figure(full['12'], 'Tab. 12 (layers) on the ConCon-Chi world: validati
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: tab13
 t0 = time.perf_counter(); full['13'] = ablate(WEIGHTS, bench=cc, bb=bb, **FULL); took['13'] = time.perf_counter() - t0
 print(f"Tab. 13: {len(full['13']['val_runs']) + len(full['13']['test_runs'])} runs in {took['13']:.0f} s on {torch.get_num_threads()} CPU threads")
 beside_paper(full['13'], '13', 'params', PAPER_ROWS['params'])
@@ -288,7 +284,6 @@ fig = lam_figure(full['13'], 'Tab. 13 (which weight) on the ConCon-Chi world: va
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: tab21
 t0 = time.perf_counter(); full['21'] = ablate(PV_WEIGHTS, bench=pv, bb=bb, **FULL); took['21'] = time.perf_counter() - t0
 print(f"Tab. 21: {len(full['21']['val_runs']) + len(full['21']['test_runs'])} runs in {took['21']:.0f} s on {torch.get_num_threads()} CPU threads")
 beside_paper(full['21'], '21', 'params', PAPER_ROWS['params'])

@@ -62,7 +62,6 @@ from polar_nb.paper import paper_table
 # `paper` profile: the DeepFashion2 root of `settings.ini` and its backbone.
 
 # %%
-# paper-map: setup
 s = get_settings()
 tmp = Path(tempfile.mkdtemp())
 if s.profile == 'paper':
@@ -354,7 +353,6 @@ sc.pivot(index='lam_neg', columns='lam', values='score').round(3)
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: tab14
 beside(res)
 
 # %%
@@ -371,7 +369,6 @@ fig = plot_grid(sc, 'Hard negatives on the validation split')
 # framed green where the photo shows the concept and red where it does not.
 
 # %%
-# paper-map: fig5-look-alikes
 full = 'pq' in globals()  # the slow cells ran
 R, PQ, SC = (res, pq, sc) if full else (res_ci, pq_ci, sc_ci)
 picked = test_settings(SC)[2:]  # the two rows whose λs were chosen on validation

@@ -47,7 +47,6 @@ from polar_nb.paper import paper_table, paper_value
 # backbone it names.
 
 # %%
-# paper-map: setup
 s = get_settings()
 SEEDS = (0, 1, 2, 3, 4)
 if s.profile == 'paper':
@@ -268,7 +267,6 @@ print(f"measured in {cc_secs + df2_secs:.0f} s (runs read from the cache where t
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: tab15-one-image
 if s.profile == 'paper': full = {'ConCon-Chi': cc, 'DeepFashion2': df2}
 else: full = {'ConCon-Chi': ConConChi(shared_world('conconchi', seed=0, profile='full')),
               'DeepFashion2': PerVLDeepFashion2(shared_world('pervl', seed=0, profile='full'))}

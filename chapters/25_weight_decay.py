@@ -50,7 +50,6 @@ from polar_nb.paper import paper_table
 # `settings.ini`.
 
 # %%
-# paper-map: setup
 s = get_settings()
 tmp = Path(tempfile.mkdtemp())
 if s.profile == 'paper':
@@ -226,7 +225,6 @@ sc.round(3)
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: tab20
 beside(res, gk)
 
 # %%

@@ -62,7 +62,6 @@ from polar_nb.metrics import metrics_table
 from polar_nb.paper import paper_table
 
 # %%
-# paper-map: setup
 s = get_settings()
 if s.profile == 'paper':
     bb = load_backbone(s.backbone, s.pretrained)
@@ -265,7 +264,6 @@ if generic is not None and s.profile != 'paper':
     test_eq(gcaps, generic_retrieval(len(gcaps), 0)[1])  # the first scenes of the held-out stream, as the defaults search draws them
 
 # %%
-# paper-map: tab18
 curves18, cost18 = {}, {}
 if generic is not None:
     gfeats = image_features(bb, gpaths, cache=cache, progress=False)
@@ -324,7 +322,6 @@ text_two
 # here the whole pool, and counts a hit when any of its positives is in the top k):
 
 # %%
-# paper-map: tab19
 t19 = {k: metrics_table(E @ w['pool'].T, ctx, ks=(1, 5, 10)).assign(n_concepts=[len(set(q.concepts)) for q in ctx])
        for k, E in (('original', E0), ('with the updates', E1))}
 R19 = ['r@1', 'r@5', 'r@10']
@@ -451,7 +448,6 @@ price.round(3) if price is not None else None
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: tab17
 cost17_full = {}
 if s.profile != 'paper':
     for b in (ConConChi(shared_world('conconchi', seed=0, profile='full')),

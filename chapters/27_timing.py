@@ -1193,7 +1193,6 @@ back['exactness']
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: setup
 full = run_bench(quick=False, log=None)
 pd.Series(full['machine'])
 
@@ -1217,7 +1216,6 @@ full['speedups']
 # %%
 #| slow
 # NBVAL_SKIP
-# paper-map: tab16
 full['personalization'].round(1)
 
 # %% [markdown]

@@ -4,6 +4,26 @@
 # > Personalized text-to-image search: teach CLIP "my dog Fido" from a few photos, then search "Fido on the beach".
 
 # %% [markdown]
+# ## What the book finds
+#
+# Each claim the paper makes about a direction (one method or setting ahead of another on a
+# metric) is tested on the embedded world, over several world seeds: the paired difference on
+# every world, its 95 % Student-t interval across worlds, and a verdict — *agrees* when the
+# interval excludes 0 on the paper's side, *reversed* on the other side, *unresolved* otherwise.
+# The numbers come from the [results store](15_results.ipynb); each claim links to the chapter
+# that tests it.
+
+# %%
+#| echo: false
+from IPython.display import HTML
+from polar_nb.results import verdicts, verdict_counts, verdict_html
+_v = verdicts()
+_n = verdict_counts(_v)
+print(f"{len(_v)} claims over {_v.n_worlds.min()}–{_v.n_worlds.max()} worlds each: "
+      f"{_n['agrees']} agree with the paper, {_n['reversed']} are reversed, {_n['unresolved']} are unresolved.")
+HTML(verdict_html(_v))
+
+# %% [markdown]
 # polar-nb is a literate research package. Its chapters are notebooks that export the library
 # `polar_nb`, run end to end on an embedded default, and are tested cell by cell. It implements,
 # reproduces and extends two systems.

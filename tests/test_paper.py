@@ -168,82 +168,81 @@ def test_lambdas_against_the_supplement(text, table):
     assert supplement_lambdas(text, table) == [float(s.split('lambda=')[1]) for s in settings]
 
 
-# The paper map reads our numbers from the stored outputs of marked cells: a small notebook written here.
+# The results store, the verdicts and the paper map: what they compute from the store, on stores written here.
 import re
-import nbformat
+from pathlib import Path
+import numpy as np
 import pandas as pd
-from polar_nb.papermap import (html_frame, number, plain_series, cell_markers, marked_cells, stored_frame, stored_text, flat_frame,
-                               Ours, read_ours, measured_on, holds, number_verdict, NOT_HERE, map_numbers, Item, Pair)
+import polar_nb
+from polar_nb.results import (KEYS, write_rows, results, verdicts, claims, Claim, Side, paired_interval, judge, paper_sides, VERDICTS)
+from polar_nb.papermap import ours_number, number_verdict, map_numbers, paper_map, Item, Pair, NOT_COMPARABLE
 
-def _table():
-    "A result table as the chapters display it: two levels of columns, a two-level index with one unnamed level, 'mean ± se' cells."
-    idx = pd.MultiIndex.from_tuples([('ours (1 image)', 'POLAR'), ('ours (1 image)', 'text (coarse)'), ('ours (5 images)', 'POLAR')], names=[None, 'method'])
-    cols = pd.MultiIndex.from_tuples([('context', 'mrr'), ('context', 'r@1'), ('concept-only', 'map')])
-    return pd.DataFrame([['49.14 ± 3.46', '36.00 ± 3.66', '19.21 ± 1.28'], ['30.94 ± 0.00', '17.92 ± 0.00', '11.08 ± 0.00'],
-                         ['71.21 ± 0.20', '57.67 ± 0.37', 'NaN']], index=idx, columns=cols)
+def _store(root, diffs, base=0.5, runs=3, seed=0):
+    "A store of one experiment whose method A is ahead of B by `diffs[w]` on world w (with run noise that cancels in the mean)."
+    rng, rows = np.random.default_rng(seed), []
+    for w, d in enumerate(diffs):
+        noise = rng.normal(0, 0.01, runs); noise -= noise.mean()
+        for r in range(runs):
+            for m, v in (('A', base + d + noise[r]), ('B', base)):
+                rows.append(dict(chapter='21_main_results', table='15', benchmark='conconchi', method=m, setting='', query='context-all',
+                                 metric='mrr', world=w, run=r, value=v))
+    t = pd.DataFrame(rows)
+    for w in range(len(diffs)):
+        write_rows(t[t.world == w], dict(experiment='toy', key=f'k{w}', backbone='world-tiny'), Path(root)/'toy'/f'conconchi-s{w}.csv')
+    return results(root)
 
-@pytest.fixture
-def nbs(tmp_path):
-    "A folder with one chapter: a setup cell that printed its backbone, a slow marked result cell, a printed number, an unmarked cell."
-    out = lambda df: nbformat.v4.new_output('execute_result', {'text/html': df._repr_html_(), 'text/plain': repr(df)})
-    cells = [nbformat.v4.new_markdown_cell('# A chapter\n\n> Its subtitle.'),
-             nbformat.v4.new_code_cell('# paper-map: setup\nbb = load_backbone()', outputs=[nbformat.v4.new_output('stream', name='stdout',
-                 text="Backbone('ViT-L-14', pretrained='openai', device='cuda', width=768, layers=12, embed_dim=768)\n")]),
-             nbformat.v4.new_code_cell('#| slow\n# NBVAL_SKIP\n# paper-map: tab15\nboth(one, five)', outputs=[
-                 nbformat.v4.new_output('stream', name='stdout', text='3 s\n'), out(_table())]),
-             nbformat.v4.new_code_cell('# paper-map: pair\nprint(x)', outputs=[nbformat.v4.new_output('stream', name='stdout', text='closest pair: cosine 0.899\n')]),
-             nbformat.v4.new_code_cell('ev = evaluate(x)', outputs=[out(pd.DataFrame({'method': ['CAP', 'zero-shot'], 'r@1': [0.083, 0.208]}))])]
-    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path/'24_toy.ipynb')
-    return tmp_path
+TOY_CLAIM = Claim('A ahead of B', '15', '21_main_results',
+            Side('toy', 'A', 'context-all', 'mrr', dict(table='15', method='Ours', setting='train_images=5', query='context', metric='mrr')),
+            Side('toy', 'B', 'context-all', 'mrr', dict(table='15', method='Coarse (class name)', setting='train_images=0', query='context', metric='mrr')))
 
-def test_html_frame_round_trip():
-    t = _table()
-    back = html_frame(t._repr_html_())
-    assert back.equals(t) and back.index.names == [None, 'method']
-    flat = pd.DataFrame({'name': ['rank 1', 'a < b & c'], 'λ': ['0.0', '']})
-    assert html_frame(flat.to_html()).reset_index(drop=True).equals(flat)
-    with pytest.raises(ValueError, match='no table number 1'): html_frame(flat.to_html(), 1)
+@pytest.mark.parametrize('diffs,verdict', [([.05, .04, .06, .05, .05], 'agrees'), ([-.05, -.04, -.06, -.05, -.05], 'reversed'),
+                                           ([.05, -.05, .02, -.03, .01], 'unresolved'), ([.05], 'unresolved')])
+def test_verdicts_follow_the_interval(tmp_path, diffs, verdict):
+    v = verdicts(_store(tmp_path, diffs), cl=[TOY_CLAIM]).iloc[0]
+    assert v.paper_sign == 1 and v.n_worlds == len(diffs) and v.verdict == verdict
+    assert v['diff'] == pytest.approx(100 * np.mean(diffs), abs=1e-5)
+    if len(diffs) > 1: assert v.lo < v['diff'] < v.hi and v.verdict == judge(1, v.lo, v.hi)
 
-def test_numbers_in_cells():
-    assert number('49.14 ± 3.46') == (49.14, 3.46) and number('-3.5')[0] == -3.5
-    assert all(math.isnan(x) for s in ('NaN', '-', '', 'None') for x in number(s))
-    with pytest.raises(ValueError, match='not a number'): number('POLAR')
-    assert plain_series('device   cuda\ngpu      NVIDIA V100\ndtype: object') == {'device': 'cuda', 'gpu': 'NVIDIA V100'}
+def test_paired_interval_is_students_t():
+    from scipy import stats
+    d = np.array([1.0, 3.0, 2.5, 0.5])
+    mean, lo, hi = paired_interval(d)
+    h = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    assert (mean, lo, hi) == pytest.approx((d.mean(), d.mean() - h, d.mean() + h))
+    assert judge(-1, -2, -1) == 'agrees' and judge(-1, 1, 2) == 'reversed' and judge(1, -1, 1) == 'unresolved'
 
-def test_markers(nbs):
-    nb = nbformat.read(nbs/'24_toy.ipynb', as_version=4)
-    assert list(marked_cells(nb)) == ['setup', 'tab15', 'pair']
-    assert cell_markers(nbformat.v4.new_code_cell('x = 1\n# paper-map: late')) == []  # only among the opening comment lines
-    assert stored_text(nb.cells[2]).startswith('3 s\n') and stored_frame(nb.cells[2]).equals(_table())
-    assert list(flat_frame(stored_frame(nb.cells[2])).columns) == ['level_0', 'method', 'context / mrr', 'context / r@1', 'concept-only / map']
-    twice = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('# paper-map: a'), nbformat.v4.new_code_cell('# paper-map: a')])
-    with pytest.raises(ValueError, match="two cells are marked"): marked_cells(twice)
+def test_store_refuses_bad_rows(tmp_path):
+    t = pd.DataFrame([dict(zip(KEYS, ['c', '1', 'b', 'm', '', 'q', 'mrr', 0, 0]), value=0.5)])
+    with pytest.raises(ValueError, match='lacks'): write_rows(t, dict(experiment='e'), tmp_path/'x.csv')
+    with pytest.raises(ValueError, match='lack the columns'): write_rows(t.drop(columns='metric'), dict(experiment='e', key='k'), tmp_path/'x.csv')
+    write_rows(t, dict(experiment='e', key='k'), tmp_path/'e'/'x.csv')
+    (tmp_path/'e'/'x.json').write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="x.json: format 'other'"): results(tmp_path)
 
-def test_read_ours(nbs):
-    one = Ours('24_toy', 'tab15', {'level_0': 'ours (1 image)', 'method': 'POLAR'}, 'context / mrr')
-    assert read_ours(one, nbs) == (49.14, 3.46)
-    assert read_ours(Ours('24_toy', 'tab15', {'level_0': r'ours \(\d images?\)', 'method': 'POLAR'}, 'context / r@1', mean=True), nbs)[0] == pytest.approx((36.0 + 57.67) / 2)
-    assert math.isnan(read_ours(Ours('24_toy', 'tab15', {'level_0': 'ours (5 images)', 'method': 'POLAR'}, 'concept-only / map'), nbs)[0])
-    assert read_ours(Ours('24_toy', 'pair', text=r'cosine ([\d.]+)', scale=100), nbs)[0] == pytest.approx(89.9)
-    assert read_ours(Ours('24_toy', 'cap', {'method': 'CAP'}, 'r@1', 100, source=r'=\s*evaluate\('), nbs)[0] == pytest.approx(8.3)  # no marker: found by its call
-    for o, msg in [(Ours('24_toy', 'tab15', {'method': 'POLAR'}, 'context / mrr'), '2 rows with'),
-                   (Ours('24_toy', 'tab15', {'method': 'SEARLE'}, 'context / mrr'), 'no row with'),
-                   (Ours('24_toy', 'tab15', {'model': 'POLAR'}, 'context / mrr'), "no column 'model'"),
-                   (Ours('24_toy', 'tab15', {}, 'mrr'), '0 columns match'),
-                   (Ours('24_toy', 'setup', {}, 'x'), 'no stored table'),
-                   (Ours('24_toy', 'pair', text=r'recall ([\d.]+)'), 'printed nothing matching'),
-                   (Ours('24_toy', 'tab99'), "no cell marked '# paper-map: tab99'"), (Ours('25_none', 'tab15'), 'no chapter')]:
-        with pytest.raises(LookupError, match=re.escape(msg)): read_ours(o, nbs)
+def test_claims_signs_come_from_the_paper():
+    cl = claims()
+    assert len(cl) >= 30 and len({c.claim for c in cl}) == len(cl)
+    for c in cl:
+        p = paper_sides(c)
+        a, b = next(iter(p['numbers'].values()))
+        assert p['sign'] == int(np.sign(a - b)) or p['sign'] == 0
 
-def test_verdicts(nbs):
-    assert measured_on('24_toy', nbs)['backbone'] == 'ViT-L-14' and measured_on('24_toy', nbs)['pretrained'] == 'openai'
-    assert [holds(2, 1, '>'), holds(1, 1.9, '≥'), holds(1, 2.1, '≥'), holds(math.nan, 1, '≈')] == [True, True, False, None]
-    assert number_verdict(44.0, 3.46, 44.68, 0.61, comparable=False) == NOT_HERE
-    assert number_verdict(44.0, 3.46, 44.68, 0.61, comparable=True) == 'agrees'
-    assert number_verdict(40.0, 0.1, 44.68, 0.61, comparable=True) == 'differs'
-    # a chapter measured with the paper's backbone is compared number by number, the others are not
-    item = Item('Tab. 15', 'supplement', 'one image', '24_toy', 'polar_nb.experiments.single_image',
-                [Pair(Ours('24_toy', 'tab15', {'level_0': 'ours (1 image)', 'method': 'POLAR'}, f'context / {m}'),
-                      dict(table='15', method='Ours', metric=m, query='context', setting='train_images=1')) for m in ('mrr', 'r@1')])
-    n = map_numbers([item], nbs)
-    assert n.verdict.tolist() == ['agrees', 'agrees'] and n.paper.tolist() == [44.68, 34.45] and n.ours.tolist() == [49.14, 36.0]
+def test_the_shipped_store_judges_every_claim():
+    v = verdicts()
+    assert len(v) >= 30 and set(v.verdict) <= set(VERDICTS)
+    assert (v.n_worlds >= 5).all(), v[v.n_worlds < 5][['claim', 'n_worlds']]
+    for r in v.itertuples(): assert r.verdict == judge(r.paper_sign, r.lo, r.hi)
+
+def test_map_numbers_from_a_store(tmp_path):
+    res = _store(tmp_path, [.05, .04, .06]).assign(backbone='world-tiny')
+    it = Item('Tab. 15', 'supplement', 'toy', '21_main_results', 'polar_nb.experiments.main_results',
+              [Pair('A', dict(experiment='toy', method='A', query='context-all', metric='mrr'), dict(table='15', method='Ours', metric='mrr', query='context', setting='train_images=5'))])
+    n = map_numbers([it], res)
+    assert n.ours.item() == pytest.approx(55.0) and n.worlds.item() == 3 and n.verdict.item() == NOT_COMPARABLE and n.paper.item() == 46.33
+    o = ours_number(res.assign(backbone='ViT-L-14'), it.pairs[0].ours)
+    assert number_verdict(o, dict(value=46.33, backbone='ViT-L/14'))[0] == 'differs'  # 55 ± 1 across worlds does not hold 46.33
+
+def test_the_library_parses_no_html():
+    src = Path(polar_nb.__file__).parent
+    hits = [p.name for p in src.glob('*.py') if re.search(r'html\.parser|HTMLParser\b|read_html\(|BeautifulSoup\(', p.read_text())]
+    assert not hits, hits
