@@ -39,12 +39,23 @@ from tqdm.auto import tqdm
 from polar_nb.compat import import_open_clip
 from polar_nb.config import get_settings, resolve_device
 
+
 # %% [markdown]
 # ## The backbone
 #
 # The paper's hyper-parameters for open_clip backbones (λ = 0.35, 500 iterations, Adam with
 # lr 1e-3; §4 and supplement §12) are each backbone's `defaults`; backbones made for this package
 # ship their own tuned values.
+
+# %%
+#| export
+def _shown_path(p):
+    "`p` as a display shows it: a file shipped in the repository's `data/` relative to the repository, anything else as it is."
+    try:
+        rel = Path(p).resolve().relative_to(data_dir().parent)
+        return rel.as_posix() if Path(p).is_absolute() else p
+    except (TypeError, ValueError, OSError): return p
+
 
 # %%
 #| export
@@ -71,7 +82,7 @@ class Backbone:
     def embed_dim(self)->int:
         p = self.model.text_projection
         return p.out_features if isinstance(p, torch.nn.Linear) else p.shape[1]
-    def __repr__(self): return (f"Backbone({self.name!r}, pretrained={self.pretrained!r}, device={self.device!r}, "
+    def __repr__(self): return (f"Backbone({self.name!r}, pretrained={_shown_path(self.pretrained)!r}, device={self.device!r}, "
                                 f"width={self.width}, layers={self.n_layers}, embed_dim={self.embed_dim})")
 
 

@@ -69,6 +69,7 @@
 #| hide
 from nbdev.showdoc import show_doc
 from fastcore.test import test_eq, test_fail, test_close
+import pandas as pd; pd.set_option('display.max_columns', None, 'display.max_rows', 500)  # the book's tables are never cut
 
 # %%
 #| export

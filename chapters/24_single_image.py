@@ -24,6 +24,7 @@
 # %%
 #| hide
 from fastcore.test import test_eq, test_close
+import pandas as pd; pd.set_option('display.max_columns', None, 'display.max_rows', 500)  # the book's tables are never cut
 
 # %%
 import tempfile, time
@@ -289,8 +290,29 @@ for k in full:
         assert value(full_five[k], m, 'concept', 'map') > value(full_one[k], m, 'concept', 'map'), (k, m)
 
 # %% [markdown]
+# ## Over worlds
+#
+# One training image (each of a concept's first five in turn) against all five, on five
+# ConCon-Chi-format worlds, from the [results store](15_results.ipynb): mean over worlds ± the
+# standard deviation across worlds.
+
+# %%
+from polar_nb.results import results, over_worlds, findings
+from IPython.display import Markdown
+store = results()
+both = store[store.experiment.isin(['one-image', 'main']) & (store.benchmark == 'conconchi')]
+over_worlds(both, [('context-all', 'mrr'), ('context-all', 'map'), ('context-all', 'r@1'), ('concept', 'mrr'), ('concept', 'map')], index=('method', 'setting'))
+
+# %% [markdown]
 # ## What we found
 #
+# Over worlds, the paper's claims this chapter tests (every number read from the store):
+
+# %%
+#| echo: false
+Markdown(findings('24_single_image'))
+
+# %% [markdown]
 # Measured above on the embedded world (seed 0), with `world-tiny`:
 #
 # - **One image costs every method a lot here, and little in the paper.** POLAR's context mRR on

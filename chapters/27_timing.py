@@ -13,7 +13,7 @@
 # Five questions, one section each:
 #
 # 1. **Personalization.** Three ways to learn the same kind of concept from the same image
-#    features with the same loss and optimiser (Adam, lr $10^{-3}$, λ 0.35): *textual inversion*
+#    features with the same loss and optimiser (Adam, lr $10^{-3}$, the paper's λ): *textual inversion*
 #    (one input token embedding, back-propagated through the whole text encoder), *naive POLAR*
 #    (the rank-1 update of $W_V$ merged into the weight and the whole last layer re-run on all 77
 #    positions at every iteration, as the official code does) and our `personalize` (the exact
@@ -39,6 +39,7 @@
 #| hide
 from nbdev.showdoc import show_doc
 from fastcore.test import test_eq, test_fail, test_close
+import pandas as pd; pd.set_option('display.max_columns', None, 'display.max_rows', 500)  # the book's tables are never cut
 
 # %%
 #| export
@@ -981,8 +982,8 @@ print(table_text(se_small))
 #
 # The features are random, of ViT-L-14's dimension (768), in one of two arrangements.
 # `clustered`: photos come in groups of about a hundred alike (random unit centres; each feature a
-# centre plus Gaussian noise of norm 1.5, normalised: a feature's nearest neighbours score about
-# 0.35–0.4 against 0.0 for unrelated ones), and the queries are drawn the same way but held out
+# centre plus Gaussian noise of norm 1.5, normalised: a feature's nearest neighbours score well
+# above unrelated ones), and the queries are drawn the same way but held out
 # from the index: each query lies near a group of photos without being one of them, scoring about
 # 0.3–0.4 with its nearest photos, as a text query scores with the images it describes in CLIP's
 # space. Queries far from every photo (uniform random directions against clustered data) would
@@ -1349,13 +1350,13 @@ fa_full.round(3)
 #   a sample of queries near the data finds 0.97 of exact search's top 10). So calibrated, IVF's
 #   recall@10 on held-out queries is 0.994 ($10^4$), 0.966 ($10^5$) and 0.972 ($10^6$, `nprobe` 713
 #   of 1,000 lists): the recall bar is met at every size. The speed is not: at $10^6$ IVF takes
-#   54 ms per query against 9.1 ms for exact faiss (0.17×) and 13.4 ms for `topk_scan`, and its
+#   54 ms per query against 9.1 ms for exact faiss and 13.4 ms for `topk_scan`, and its
 #   build with calibration 157 s. A batch of queries makes exact search one matrix product, which
 #   is hard to beat on two CPU cores; with these 768-dimensional features in small clusters IVF
 #   has to probe most lists to reach the recall. Exact search is the right default here; HNSW at
-#   $10^6$ is not measured (at $10^4$ it is 1.24× faster than exact at recall 0.995).
+#   $10^6$ is not measured (at $10^4$ it is faster than exact, with the recall the table above shows).
 # - On uniform random features, where no structure exists, the calibrated IVF needs 287 of 316
-#   lists at $10^5$ (recall 0.964, 0.14× the speed of exact search): how much an approximate index
+#   lists at $10^5$ (the recall and speed in the table above): how much an approximate index
 #   saves depends on the data.
 
 # %%

@@ -30,6 +30,7 @@
 #| hide
 from nbdev.showdoc import show_doc
 from fastcore.test import test_eq, test_close, test_fail
+import pandas as pd; pd.set_option('display.max_columns', None, 'display.max_rows', 500)  # the book's tables are never cut
 
 # %%
 #| export

@@ -23,6 +23,7 @@
 #| hide
 from nbdev.showdoc import show_doc
 from fastcore.test import test_eq, test_close, test_fail
+import pandas as pd; pd.set_option('display.max_columns', None, 'display.max_rows', 500)  # the book's tables are never cut
 
 # %%
 #| export
@@ -803,15 +804,14 @@ plt.tight_layout(); plt.show()
 #
 # On users no training step has seen, the shipped residual CAP finds the user's own thing about
 # twice as often as the backbone: personal recall@1 0.310 against 0.136 on average over the test
-# users of seeds 0, 1, 2, 4 and 5 (0.333 against 0.181 on seed 0; its smallest gains, 0.152 and
-# 0.153, on seeds 0 and 4), and 0.458 against 0.208 on the 24 tiny test episodes of seed 3 above,
+# users of seeds 0, 1, 2, 4 and 5 (0.333 against 0.181 on seed 0; its smallest gains on seeds 0 and 4), and 0.458 against 0.208 on the 24 tiny test episodes of seed 3 above,
 # ahead of the collection-mean blend each time (0.168 on average; on the tiny users the blend tuned
 # on their own validation users has weight 0, i.e. is the backbone). Queries that name nothing
 # personal are left exactly as the backbone ranks them (recall@10 0.997 on average for both). What
 # makes it work is measured in the shipped cell: without the collection episodes (`synth=0`) the
 # same network keeps about half the gain (0.226), and without the rule that leaves non-personal
 # queries alone it gains as much on personal queries (0.321) but costs generic ones recall@10 (0.981
-# against 0.997; 0.035 on seed 4): the world's CLIP cannot tell "my bag on the beach" from "a bag on
+# against 0.997): the world's CLIP cannot tell "my bag on the beach" from "a bag on
 # the beach" by its embedding. The FiLM warp, with no direct path from the photos' embeddings to the
 # query, stays at the backbone (0.135). Training users matter: the CAPs of the small run above,
 # trained on 12 users, do not beat the backbone (0.167 and 0.125 against 0.208), and 300 users do

@@ -25,6 +25,14 @@ from .compat import import_open_clip
 from .config import get_settings, resolve_device
 
 # %% ../nbs/02_clip.ipynb #d6c1d802
+def _shown_path(p):
+    "`p` as a display shows it: a file shipped in the repository's `data/` relative to the repository, anything else as it is."
+    try:
+        rel = Path(p).resolve().relative_to(data_dir().parent)
+        return rel.as_posix() if Path(p).is_absolute() else p
+    except (TypeError, ValueError, OSError): return p
+
+# %% ../nbs/02_clip.ipynb #fdf40529
 OPEN_CLIP_DEFAULTS = dict(lam=0.35, iters=500, lr=1e-3)
 
 @dataclass(eq=False, repr=False)
@@ -48,7 +56,7 @@ class Backbone:
     def embed_dim(self)->int:
         p = self.model.text_projection
         return p.out_features if isinstance(p, torch.nn.Linear) else p.shape[1]
-    def __repr__(self): return (f"Backbone({self.name!r}, pretrained={self.pretrained!r}, device={self.device!r}, "
+    def __repr__(self): return (f"Backbone({self.name!r}, pretrained={_shown_path(self.pretrained)!r}, device={self.device!r}, "
                                 f"width={self.width}, layers={self.n_layers}, embed_dim={self.embed_dim})")
 
 # %% ../nbs/02_clip.ipynb #94b50882

@@ -6,9 +6,10 @@ Docs: https://polar-nb.github.io/polar-nb/results.html.md"""
 
 # %% auto #0
 __all__ = ['KEYS', 'PROVENANCE', 'STORE_FORMAT', 'RUNS', 'LAMS', 'ABLATION_LAMS', 'EXPERIMENTS', 'cs', 'signs', 'VERDICTS',
-           'results_dir', 'write_rows', 'read_rows', 'results', 'Experiment', 'regulariser_methods',
-           'ablation_settings', 'world_key', 'measure', 'measure_worlds', 'Side', 'Claim', 'claims', 'paper_sides',
-           'side_means', 'paired_interval', 'judge', 'verdicts', 'verdict_counts', 'verdict_html']
+           'EARLIER', 'profile_text', 'results_dir', 'write_rows', 'read_rows', 'results', 'Experiment',
+           'regulariser_methods', 'ablation_settings', 'world_key', 'measure', 'measure_worlds', 'Side', 'Claim',
+           'claims', 'paper_sides', 'side_means', 'paired_interval', 'judge', 'verdicts', 'verdict_counts',
+           'verdict_html', 'over_worlds', 'findings']
 
 # %% ../nbs/15_results.ipynb #aaeb0956
 import datetime, json, math, os, re, warnings
@@ -22,11 +23,19 @@ KEYS = ['chapter', 'table', 'benchmark', 'method', 'setting', 'query', 'metric',
 PROVENANCE = ['experiment', 'commit', 'profile', 'backbone', 'settings', 'created', 'machine', 'key']
 STORE_FORMAT = 'polar-nb/results-1'
 
+def profile_text(profile:str|dict)->str:
+    "A world profile as the store writes it: its name, or its sizes changed from `small` as sorted JSON."
+    return profile if isinstance(profile, str) else json.dumps(profile, sort_keys=True)
+
 def results_dir()->Path:
     "The store's folder: `data/results/` of the repository."
     return data_dir()/'results'
 
-def _file(root:Path, experiment:str, fmt:str, world:int)->Path: return Path(root)/experiment/f'{fmt}-s{world}.csv'
+def _file(root:Path, experiment:str, fmt:str, world:int, profile:str|dict='small')->Path:
+    "Where the store keeps `experiment` on world (`fmt`, `world`) drawn with `profile` (`small`: no suffix)."
+    tag = '' if profile == 'small' else '-' + re.sub(r'[^A-Za-z0-9_=]+', '-', profile if isinstance(profile, str) else
+                                                     ','.join(f'{k}={v}' for k, v in sorted(profile.items()))).strip('-')
+    return Path(root)/experiment/f'{fmt}-s{world}{tag}.csv'
 
 def write_rows(rows:pd.DataFrame, # tidy rows: `KEYS` and `value`
                provenance:dict, # `PROVENANCE` entries (experiment and key at least)
@@ -57,12 +66,14 @@ def read_rows(path:str|Path)->pd.DataFrame:
 
 def results(root:str|Path|None=None, # the store (default: `results_dir()`)
             experiment:str|None=None, # only this experiment
+            profile:str|dict|None='small', # only worlds drawn with this profile (None: every profile)
            )->pd.DataFrame:
     "Every stored number: one tidy row per (chapter, table, benchmark, method, setting, query, metric, world, run), with provenance."
     root = Path(root or results_dir())
     files = sorted(root.glob(f"{experiment or '*'}/*.csv"))
     if not files: return pd.DataFrame(columns=KEYS + ['value'] + PROVENANCE)
-    return pd.concat([read_rows(f) for f in files], ignore_index=True)
+    t = pd.concat([read_rows(f) for f in files], ignore_index=True)
+    return t if profile is None else t[t.profile == profile_text(profile)].reset_index(drop=True)
 
 # %% ../nbs/15_results.ipynb #e01e1f5a
 RUNS = (0, 1, 2, 3, 4)  # the paper's five runs, inside each world
@@ -172,14 +183,14 @@ EXPERIMENTS = {e.name: e for e in [
 list(EXPERIMENTS)
 
 # %% ../nbs/15_results.ipynb #3ab23edd
-def _bench(fmt:str, seed:int, profile='small'):
+def _bench(fmt:str, seed:int, profile:str|dict='small'):
     "The world of `fmt` and `seed` (shared, written once) as a benchmark."
     from polar_nb.world import shared_world
     from polar_nb.data import ConConChi, PerVLDeepFashion2
     root = shared_world(fmt, seed=seed, profile=profile)
     return PerVLDeepFashion2(root) if fmt == 'pervl' else ConConChi(root)
 
-def world_key(e:Experiment, fmt:str, seed:int, bb, profile='small')->str:
+def world_key(e:Experiment, fmt:str, seed:int, bb, profile:str|dict='small')->str:
     "What a stored file of `e` on world (`fmt`, `seed`) depends on, hashed."
     from polar_nb.world import _world_key
     from polar_nb.clip import fingerprint
@@ -199,6 +210,7 @@ def measure(name:str, # an experiment of `EXPERIMENTS`
             root:str|Path|None=None, # the store (default: `results_dir()`)
             cache=True, # features, updates and runs (True: the settings' cache_dir)
             force:bool=False, # measure even when the store holds this key
+            profile:str|dict='small', # the world's sizes (see `profile_sizes`): a profile's name or a dict changing `small`'s
            )->pd.DataFrame:
     "Experiment `name` on world (`fmt`, `seed`): its rows, from the store when it holds them under the current key, else measured and stored."
     from polar_nb.clip import load_backbone
@@ -206,21 +218,21 @@ def measure(name:str, # an experiment of `EXPERIMENTS`
     e = _check(name, fmt)
     if not (isinstance(seed, (int, np.integer)) and seed >= 0): raise ValueError(f"seed must be an integer ≥ 0, not {seed!r}")
     bb = bb or load_backbone('world-tiny')
-    key, f = world_key(e, fmt, seed, bb), _file(Path(root or results_dir()), e.name, fmt, int(seed))
+    key, f = world_key(e, fmt, seed, bb, profile), _file(Path(root or results_dir()), e.name, fmt, int(seed), profile)
     if f.is_file() and not force:
         t = read_rows(f)
         if (t.key == key).all(): return t
         warnings.warn(f"{f} was measured with other settings, world or backbone: measuring it again")
     t0 = datetime.datetime.now(datetime.timezone.utc)
-    rows = e.fn(_bench(fmt, int(seed)), bb, cache).assign(world=int(seed))
+    rows = e.fn(_bench(fmt, int(seed), profile), bb, cache).assign(world=int(seed))
     secs = (datetime.datetime.now(datetime.timezone.utc) - t0).total_seconds()
-    prov = dict(experiment=e.name, commit=commit_of(data_dir().parent) or '', profile='small', backbone=bb.name, settings=json.dumps(e.settings, sort_keys=True),
+    prov = dict(experiment=e.name, commit=commit_of(data_dir().parent) or '', profile=profile_text(profile), backbone=bb.name, settings=json.dumps(e.settings, sort_keys=True),
                 created=t0.strftime('%Y-%m-%dT%H:%M:%SZ'), machine=machine_summary(), key=key, seconds=round(secs, 1))
     return read_rows(write_rows(rows, prov, f))
 
 def measure_worlds(seeds=range(5), # the world seeds
                    experiments=None, # names (default: all of `EXPERIMENTS`)
-                   bb=None, root=None, cache=True, progress:bool=True)->pd.DataFrame:
+                   bb=None, root=None, cache=True, progress:bool=True, profile:str|dict='small')->pd.DataFrame:
     "Every experiment on every world of its formats with these seeds, world by world (each file written when done; a stopped sweep resumes)."
     from polar_nb.clip import load_backbone
     bb = bb or load_backbone('world-tiny')
@@ -229,7 +241,7 @@ def measure_worlds(seeds=range(5), # the world seeds
         for n in experiments or list(EXPERIMENTS):
             for fmt in _check(n).formats:
                 t0 = datetime.datetime.now()
-                out.append(measure(n, fmt, s, bb, root, cache))
+                out.append(measure(n, fmt, s, bb, root, cache, profile=profile))
                 if progress: print(f"{n} on {fmt} world {s}: {len(out[-1])} rows ({(datetime.datetime.now() - t0).total_seconds():.0f} s)", flush=True)
     return pd.concat(out, ignore_index=True)
 
@@ -356,9 +368,11 @@ def verdicts(res:pd.DataFrame|None=None, # `results()` (default: the store)
              worlds=None, # only these world seeds (default: every world the store holds both sides on)
              level:float=0.95, # the interval's level
              cl:list|None=None, # the claims (default: `claims()`)
+             profile:str|dict='small', # only worlds drawn with this profile
             )->pd.DataFrame:
     "One row per claim: the paper's sign, our mean paired difference (points), its interval across worlds, the worlds and the verdict."
     res = results() if res is None else res
+    if 'profile' in res: res = res[res.profile == profile_text(profile)]
     if worlds is not None: res = res[res.world.isin(list(worlds))]
     rows = []
     for c in cl or claims():
@@ -401,3 +415,34 @@ def verdict_html(v:pd.DataFrame, # `verdicts()`
     head = ''.join(f'<th>{h}</th>' for h in ('claim (first ahead of second)', 'Tab.', 'paper: difference (points)', 'ours: mean difference (points)',
                                              '95 % interval across worlds', 'worlds', 'worlds on the paper\'s side', 'verdict', 'chapter'))
     return f'<table class="verdicts"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+# %% ../nbs/15_results.ipynb #0c31003a
+def over_worlds(res:pd.DataFrame, # `results()`, or a part of it
+                cols:list, # (query, metric) pairs, in order
+                index=('method', 'setting'), # what tells the rows apart
+               )->pd.DataFrame:
+    "A table of `res`: one row per `index`, one column per (query, metric), cells 'mean ± sd' across worlds (×100), and the worlds."
+    if not len(res): raise ValueError("no rows to show: the store holds nothing for this selection")
+    idx = list(index)
+    w = res.groupby(idx + ['query', 'metric', 'world'], sort=False).value.mean().mul(100)
+    g = w.groupby(idx + ['query', 'metric'], sort=False)
+    cell = (g.mean().map('{:.2f}'.format) + ' ± ' + g.std(ddof=1).fillna(0).map('{:.2f}'.format)).unstack(['query', 'metric'])
+    cell = cell.reindex(columns=pd.MultiIndex.from_tuples(cols))
+    return cell.assign(worlds=w.groupby(idx, sort=False).apply(lambda x: x.index.get_level_values('world').nunique()))
+
+def findings(chapter:str, # the chapter whose claims are told
+             v:pd.DataFrame|None=None, # `verdicts()` (default: from the store)
+            )->str:
+    "The verdicts of `chapter`'s claims as Markdown: a line per claim with the paper's difference, ours, its interval and the worlds."
+    v = verdicts() if v is None else v
+    t = v[v.chapter == chapter]
+    if not len(t): return f"No claim of the paper is tested in {chapter}."
+    n = verdict_counts(t)
+    head = (f"Over {t.n_worlds.min()}{'' if t.n_worlds.min() == t.n_worlds.max() else f'–{t.n_worlds.max()}'} worlds, "
+            f"{len(t)} claims: {n['agrees']} agree with the paper, {n['reversed']} reversed, {n['unresolved']} unresolved.")
+    line = lambda r: (f"- {r.claim} (Tab. {r.table}): the paper {r.paper_diff:+.2f} points; ours {r.diff:+.2f} "
+                      f"(95 % interval {r.lo:+.2f} to {r.hi:+.2f}; {r.same_sign} of {r.n_worlds} worlds on the paper's side): **{r.verdict}**.")
+    return '\n'.join([head, ''] + [line(r) for r in t.itertuples()])
+
+# %% ../nbs/15_results.ipynb #5db4659b
+EARLIER = {'conconchi': dict(contexts=3, per_query=4)}  # the `small` ConCon-Chi-format world's sizes before they were changed

@@ -188,7 +188,7 @@ def _store(root, diffs, base=0.5, runs=3, seed=0):
                                  metric='mrr', world=w, run=r, value=v))
     t = pd.DataFrame(rows)
     for w in range(len(diffs)):
-        write_rows(t[t.world == w], dict(experiment='toy', key=f'k{w}', backbone='world-tiny'), Path(root)/'toy'/f'conconchi-s{w}.csv')
+        write_rows(t[t.world == w], dict(experiment='toy', key=f'k{w}', backbone='world-tiny', profile='small'), Path(root)/'toy'/f'conconchi-s{w}.csv')
     return results(root)
 
 TOY_CLAIM = Claim('A ahead of B', '15', '21_main_results',
