@@ -44,7 +44,7 @@ import pandas as pd; pd.set_option('display.max_columns', None, 'display.max_row
 
 # %%
 #| export
-import datetime, json, math, os, re, warnings
+import datetime, hashlib, json, math, os, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -264,6 +264,23 @@ def _ablations(bench, bb, cache, lams=ABLATION_LAMS):
     return pd.DataFrame(out)
 
 
+# %% [markdown]
+# CAP (the poster): the shipped CAP against zero-shot CLIP and the collection-mean blend on the
+# test users of a collections world (`make_collections` with the `small` sizes and one training
+# user, as the CAP chapter's evaluation across seeds does).
+
+# %%
+#| export
+CAP_SIZES = dict(train=1)  # the collections worlds CAP is measured on: `small`'s validation and test users
+
+def _cap(root, bb, cache):
+    from polar_nb.cap import load_cap, evaluate_cap
+    ev = evaluate_cap(load_cap(bb=bb), root, bb, cache=cache)
+    return pd.DataFrame([dict(chapter='30_cap', table='poster', benchmark='collections', method=r.method, setting=f'alpha={r.alpha:g}',
+                              query=r.kind, metric=m, run=0, value=getattr(r, m.replace('@', '_')) if m != 'mrr' else r.mrr)
+                         for r in ev.rename(columns=lambda c: c.replace('@', '_')).itertuples() for m in ('r@1', 'r@5', 'r@10', 'mrr')])
+
+
 # %%
 #| export
 EXPERIMENTS = {e.name: e for e in [
@@ -273,6 +290,7 @@ EXPERIMENTS = {e.name: e for e in [
     Experiment('negatives', '23_hard_negatives', ('pervl',), _negatives, dict(runs=[0, 1, 2], lam=0.1, lam_neg=1.0)),
     Experiment('regulariser', '25_weight_decay', ('conconchi',), _regulariser, dict(runs=[0, 1, 2], lams=list(LAMS), adam_wd=1e-4, adamw_wd=0.01)),
     Experiment('ablations', '22_ablations', ('conconchi',), _ablations, dict(lams=list(ABLATION_LAMS), max_drop=0.02)),
+    Experiment('cap', '30_cap', ('collections',), _cap, dict(cap='the shipped residual CAP', sizes=CAP_SIZES, blend='tuned on validation')),
 ]}
 list(EXPERIMENTS)
 
@@ -287,10 +305,34 @@ list(EXPERIMENTS)
 
 # %%
 #| export
+def _collections_key(seed:int)->str:
+    "What a collections world depends on: its seed and sizes, and the code that draws it."
+    import importlib
+    from polar_nb.collections import collection_sizes
+    code = [Path(importlib.import_module(m).__file__).read_bytes() for m in ('polar_nb.scenes', 'polar_nb.world', 'polar_nb.collections')]
+    return content_hash(dict(seed=seed, sizes=collection_sizes(CAP_SIZES), code=code))[:20]
+
+def shared_collections(seed:int)->Path:
+    "The collections world of `seed` (`CAP_SIZES`), written once in the cache folder (a stopped write is redone) and shared."
+    import fcntl, shutil
+    from polar_nb.config import get_settings
+    from polar_nb.collections import make_collections
+    root = get_settings().cache_dir/'collections'/f's{seed}-{_collections_key(seed)}'
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name(root.name + '.lock'), 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (root/'.complete').is_file():
+                shutil.rmtree(root, ignore_errors=True)
+                make_collections(root, seed=seed, profile=CAP_SIZES); (root/'.complete').write_text('')
+            return root
+        finally: fcntl.flock(lock, fcntl.LOCK_UN)
+
 def _bench(fmt:str, seed:int, profile:str|dict='small'):
     "The world of `fmt` and `seed` (shared, written once) as a benchmark."
     from polar_nb.world import shared_world
     from polar_nb.data import ConConChi, PerVLDeepFashion2
+    if fmt == 'collections': return shared_collections(seed)
     root = shared_world(fmt, seed=seed, profile=profile)
     return PerVLDeepFashion2(root) if fmt == 'pervl' else ConConChi(root)
 
@@ -298,8 +340,13 @@ def world_key(e:Experiment, fmt:str, seed:int, bb, profile:str|dict='small')->st
     "What a stored file of `e` on world (`fmt`, `seed`) depends on, hashed."
     from polar_nb.world import _world_key
     from polar_nb.clip import fingerprint
-    return content_hash(dict(experiment=e.name, version=e.version, settings=e.settings, world=_world_key(fmt, seed, profile, 64),
-                             backbone=bb.name, weights=fingerprint(bb.model)))
+    world = _collections_key(seed) if fmt == 'collections' else _world_key(fmt, seed, profile, 64)
+    extra = {}
+    if e.name == 'cap':  # the shipped CAP's weights
+        from polar_nb.cap import SHIPPED
+        extra = dict(cap=hashlib.sha256((data_dir()/SHIPPED['residual']).read_bytes()).hexdigest())
+    return content_hash(dict(experiment=e.name, version=e.version, settings=e.settings, world=world,
+                             backbone=bb.name, weights=fingerprint(bb.model), **extra))
 
 def _check(name:str, fmt:str|None=None)->Experiment:
     if name not in EXPERIMENTS: raise ValueError(f"no experiment {name!r}: the experiments are {list(EXPERIMENTS)}")
@@ -362,8 +409,9 @@ test_fail(lambda: measure('main', 'pervl', -1), contains='seed must be')
 # A claim names two sides, each a selection of our stored rows (experiment, method, setting,
 # query, metric) and the paper's number for it (table, method, setting, query, metric). The
 # paper's sign is +1 when the paper finds the first side ahead, −1 when behind; where the paper
-# prints the two on several backbones, their signs must agree (else the claim is marked `mixed`
-# and not judged).
+# prints the two on several backbones, their signs must agree (else the sign is 0 and the claim
+# is not judged). The CAP poster prints no number: its one claim carries the sign
+# the poster states, and its paper difference is blank.
 
 # %%
 #| export
@@ -386,6 +434,8 @@ class Claim:
     chapter:str
     a:Side
     b:Side
+    stated:str='' # where the source states the direction without numbers (then `sign` is what it states)
+    sign:int=0
 
 def _q(ours:str)->str: return {'context-all': 'context', 'concept': 'concept-only'}.get(ours, ours)
 _NAME = {'mrr': 'mRR', 'map': 'mAP', 'r@1': 'r@1', 'r@5': 'r@5', 'r@10': 'r@10'}
@@ -433,6 +483,9 @@ def claims()->list[Claim]:
     for p in ('Q', 'K', 'O', 'Q,V', 'Q,K,V,O'):
         out += _pair(f'V ahead of {p}', '13', '22_ablations', 'ablations', 'conconchi', ('POLAR', 'params=V'), ('POLAR', f'params={p}'),
                      ('Ours', 'params=V'), ('Ours', f'params={p}'), ab)
+    cap = lambda m: Side('cap', m, 'personal', 'r@1', {}, benchmark='collections')
+    out.append(Claim('CAP ahead of zero-shot CLIP on personal queries: r@1', 'poster', '30_cap', cap('CAP'), cap('zero-shot'),
+                     stated='the CAP poster: CAP retrieves the user\'s own item where CLIP zero-shot does not (no number printed)', sign=1))
     return out
 
 len(claims())
@@ -444,8 +497,9 @@ len(claims())
 # %%
 #| export
 def paper_sides(c:Claim)->dict:
-    "The paper's numbers of both sides on every backbone it prints both on ({backbone: (a, b)}), and the sign they agree on (0: mixed or tied)."
+    "The paper's numbers of both sides on every backbone it prints both on ({backbone: (a, b)}), and the sign they agree on (0: mixed or tied); a stated claim's sign."
     from polar_nb.paper import paper_numbers, _matches, ALIASES
+    if c.stated: return dict(numbers={}, sign=c.sign)
     t = paper_numbers()
     def rows(p):
         m = (t.table == ALIASES.get(p['table'], p['table'])) & (t.method == p['method']) & (t.metric == p['metric']) & (t['query'] == p['query'])
@@ -525,7 +579,7 @@ def verdicts(res:pd.DataFrame|None=None, # `results()` (default: the store)
         both = a.index.intersection(b.index)
         d = 100 * (a[both] - b[both])
         mean, lo, hi = paired_interval(d.to_numpy(), level)
-        pa, pb = next(iter(p['numbers'].values()))
+        pa, pb = next(iter(p['numbers'].values())) if p['numbers'] else (math.nan, math.nan)
         rows.append(dict(claim=c.claim, table=c.table, chapter=c.chapter, paper_sign=p['sign'], paper_diff=pa - pb,
                          a=100 * a[both].mean() if len(both) else math.nan, b=100 * b[both].mean() if len(both) else math.nan,
                          diff=mean, lo=lo, hi=hi, n_worlds=len(both), same_sign=int((np.sign(d) == p['sign']).sum()),
@@ -615,8 +669,10 @@ def findings(chapter:str, # the chapter whose claims are told
     if not len(t): return f"No claim of the paper is tested in {chapter}."
     n = verdict_counts(t)
     head = (f"Over {t.n_worlds.min()}{'' if t.n_worlds.min() == t.n_worlds.max() else f'–{t.n_worlds.max()}'} worlds, "
-            f"{len(t)} claims: {n['agrees']} agree with the paper, {n['reversed']} reversed, {n['unresolved']} unresolved.")
-    line = lambda r: (f"- {r.claim} (Tab. {r.table}): the paper {r.paper_diff:+.2f} points; ours {r.diff:+.2f} "
+            f"{len(t)} claim{'s' if len(t) > 1 else ''}: {n['agrees']} agree with the paper, {n['reversed']} reversed, {n['unresolved']} unresolved.")
+    where = lambda r: 'the CAP poster' if r.table == 'poster' else f'Tab. {r.table}'
+    paper = lambda r: 'stated there without a number' if pd.isna(r.paper_diff) else f'the paper {r.paper_diff:+.2f} points'
+    line = lambda r: (f"- {r.claim} ({where(r)}): {paper(r)}; ours {r.diff:+.2f} "
                       f"(95 % interval {r.lo:+.2f} to {r.hi:+.2f}; {r.same_sign} of {r.n_worlds} worlds on the paper's side): **{r.verdict}**.")
     return '\n'.join([head, ''] + [line(r) for r in t.itertuples()])
 

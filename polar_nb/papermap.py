@@ -140,7 +140,8 @@ def _poster()->list[Item]:
                  'polar_nb.cap.episode_features', note=POSTER_NOTE),
             Item('Fig. 2', 'CAP poster', 'existing methods: CLIP ranks the challenge images by similarity to the query', '30_cap', 'polar_nb.cap.zero_shot', note=POSTER_NOTE),
             Item('Fig. 3', 'CAP poster', "CAP: a transformer over the collection predicts a warping of the query and image embeddings", '30_cap',
-                 'polar_nb.cap.train_cap', note=POSTER_NOTE + '; CAP is measured on one set of collections in the CAP chapter, not in the results store')]
+                 'polar_nb.cap.train_cap', [Pair(f'{m} · personal r@1', _o('cap', m, 'personal', 'r@1')) for m in ('CAP', 'zero-shot', 'collection-mean')],
+                 ('poster', '30_cap'), note=POSTER_NOTE)]
 
 def items()->list[Item]:
     "Every entry of the map: the supplement's tables and figure in order, then the CAP poster's elements."

@@ -33,7 +33,7 @@ def test_prose_numbers_appear_in_outputs():
     assert total > 200 and share >= 0.99, (share, missing)
 
 def test_what_we_found_reads_the_store():
-    for ch in ['21_main_results', '22_ablations', '23_hard_negatives', '24_single_image', '25_weight_decay']:
+    for ch in ['21_main_results', '22_ablations', '23_hard_negatives', '24_single_image', '25_weight_decay', '30_cap']:
         nb = nbformat.read(NBS/f'{ch}.ipynb', as_version=4)
         i = next(i for i, c in enumerate(nb.cells) if c.cell_type == 'markdown' and '## What we found' in c.source)
         cell = nb.cells[i + 1]
