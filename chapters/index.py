@@ -19,7 +19,8 @@ from IPython.display import HTML
 from polar_nb.results import verdicts, verdict_counts, verdict_html
 _v = verdicts()
 _n = verdict_counts(_v)
-print(f"{len(_v)} claims over {_v.n_worlds.min()}–{_v.n_worlds.max()} worlds each: "
+_w = f"{_v.n_worlds.min()}" if _v.n_worlds.min() == _v.n_worlds.max() else f"{_v.n_worlds.min()}–{_v.n_worlds.max()}"
+print(f"{len(_v)} claims, each over {_w} worlds: "
       f"{_n['agrees']} agree with the paper, {_n['reversed']} are reversed, {_n['unresolved']} are unresolved.")
 HTML(verdict_html(_v))
 
