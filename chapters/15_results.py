@@ -44,7 +44,7 @@ import pandas as pd; pd.set_option('display.max_columns', None, 'display.max_row
 
 # %%
 #| export
-import datetime, hashlib, json, math, os, re, warnings
+import datetime, functools, hashlib, json, math, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -276,9 +276,8 @@ CAP_SIZES = dict(train=1)  # the collections worlds CAP is measured on: `small`'
 def _cap(root, bb, cache):
     from polar_nb.cap import load_cap, evaluate_cap
     ev = evaluate_cap(load_cap(bb=bb), root, bb, cache=cache)
-    return pd.DataFrame([dict(chapter='30_cap', table='poster', benchmark='collections', method=r.method, setting=f'alpha={r.alpha:g}',
-                              query=r.kind, metric=m, run=0, value=getattr(r, m.replace('@', '_')) if m != 'mrr' else r.mrr)
-                         for r in ev.rename(columns=lambda c: c.replace('@', '_')).itertuples() for m in ('r@1', 'r@5', 'r@10', 'mrr')])
+    return pd.DataFrame([dict(chapter='30_cap', table='poster', benchmark='collections', method=r['method'], setting=f"alpha={r['alpha']:g}",
+                              query=r['kind'], metric=m, run=0, value=r[m]) for r in ev.to_dict('records') for m in ('r@1', 'r@5', 'r@10', 'mrr')])
 
 
 # %%
@@ -609,12 +608,16 @@ v.round(2)
 
 # %%
 #| export
-def _title(chapter:str)->str:
-    "A chapter's title, from its notebook's first heading (its name when there is no notebook)."
+@functools.lru_cache(maxsize=128)
+def _read_title(path:str, mtime:int)->str:
     import nbformat
     from polar_nb.book import chapter_title
+    return chapter_title(nbformat.read(path, as_version=4))
+
+def _title(chapter:str)->str:
+    "A chapter's title, from its notebook's first heading (its name when there is no notebook); each notebook read once while unchanged."
     p = data_dir().parent/'nbs'/f'{chapter}.ipynb'
-    return chapter_title(nbformat.read(p, as_version=4)) if p.is_file() else chapter
+    return _read_title(str(p), p.stat().st_mtime_ns) if p.is_file() else chapter
 
 def verdict_counts(v:pd.DataFrame)->pd.Series:
     "How many claims of `verdicts` agree, are reversed and are unresolved (every verdict listed, zeros included)."

@@ -314,7 +314,7 @@ Markdown(f"- **There is little general knowledge to lose.** With no regulariser 
          f"- **The paper's λ holds the concept back.** At λ = 0.35 the drop is {r['drop at λ = 0.35']:.2f} points, but single-concept context "
          f"mRR falls from {r['context mRR at λ = 0']:.2f} to {r['context mRR at λ = 0.35']:.2f} (λ = 10: {r['context mRR at λ = 10']:.2f}, "
          f"near the class name alone): on this tower the paper's penalty keeps the update too small to carry the concept, "
-         f"so the λ the paper tuned on ViT-L/14 does not transfer to a text tower of another width and loss scale.\n"
+         f"so the λ the paper tuned on ViT-L/14 does not transfer to this tower.\n"
          f"- **What it cannot show** is the paper's regime, where an unregularised update does cost general knowledge and the regulariser buys "
          f"it back at a small price in personal accuracy; the claims below against weight decay are therefore judged at the paper's λ, "
          f"which this world over-regularises.")

@@ -85,7 +85,6 @@ def _paper_name(backbone:str)->str: return backbone.replace('ViT-B-', 'ViT-B/').
 
 def number_verdict(ours:dict, paper:dict)->tuple[str, str]:
     "(verdict, why): 'agrees' when the paper's number is inside our 95 % interval across worlds, 'differs' if not; not comparable unless the backbone is the paper's."
-    from polar_nb.results import paired_interval
     if not ours['n_worlds']: return NOT_STORED, 'the store holds no rows for it'
     if _paper_name(ours['backbone']) != paper['backbone']:
         return NOT_COMPARABLE, f"{ours['backbone']} on the embedded world, not the paper's {paper['backbone']} on the real benchmark"
