@@ -186,9 +186,11 @@ def _unseen(bench, bb, cache, runs=RUNS):
     return _tidy(pq, '21_main_results', '9', 'conconchi', 'without the first three concepts', exclude=tuple(bench.concepts[:3]))
 
 def _one_image(bench, bb, cache):
+    "Tab. 15's one-image runs (run i: every concept's i-th support image); on the PerVL format too, which the paper does not report."
     from polar_nb.experiments import single_image
+    cc = bench.name != 'deepfashion2'
     _, pq = single_image(bench, bb, cache=cache, per_query=True)
-    return _tidy(pq, '24_single_image', '15', 'conconchi', 'train_images=1')
+    return _tidy(pq, '24_single_image', '15' if cc else '', 'conconchi' if cc else 'pervl', 'train_images=1')
 
 
 # %% [markdown]
@@ -285,7 +287,7 @@ def _cap(root, bb, cache):
 EXPERIMENTS = {e.name: e for e in [
     Experiment('main', '21_main_results', ('pervl', 'conconchi'), _main, dict(runs=list(RUNS), methods='default_methods()')),
     Experiment('unseen', '21_main_results', ('conconchi',), _unseen, dict(runs=list(RUNS), left_out='the first three concepts')),
-    Experiment('one-image', '24_single_image', ('conconchi',), _one_image, dict(images='each of the first 5 in turn', methods='default_methods()')),
+    Experiment('one-image', '24_single_image', ('conconchi', 'pervl'), _one_image, dict(images='each of the first 5 in turn', methods='default_methods()')),
     Experiment('negatives', '23_hard_negatives', ('pervl',), _negatives, dict(runs=[0, 1, 2], lam=0.1, lam_neg=1.0)),
     Experiment('regulariser', '25_weight_decay', ('conconchi',), _regulariser, dict(runs=[0, 1, 2], lams=list(LAMS), adam_wd=1e-4, adamw_wd=0.01)),
     Experiment('ablations', '22_ablations', ('conconchi',), _ablations, dict(lams=list(ABLATION_LAMS), max_drop=0.02)),
@@ -400,6 +402,85 @@ def measure_worlds(seeds=range(5), # the world seeds
 test_fail(lambda: measure('mian', 'pervl', 0), contains="no experiment 'mian'")
 test_fail(lambda: measure('negatives', 'conconchi', 0), contains="runs on ['pervl']")
 test_fail(lambda: measure('main', 'pervl', -1), contains='seed must be')
+
+# %% [markdown]
+# ## One world's runs, for the chapters
+#
+# A result chapter shows world 0's tables from the store, the same numbers its runner gives
+# (`main_results` and `single_image` on `shared_world(fmt, seed=0)`), and runs again only a part of
+# them (run 0, say) to show the per-query views and to check the store: `stored_table` takes that
+# fresh part as `live` and fails unless every one of its numbers equals the stored one. It also
+# fails when the file's key is not the current one (other settings, world code or backbone), with
+# the `measure` call that brings it up to date.
+
+# %%
+#| export
+LIVE_TOL = 0.01  # how far a fresh run's mean may sit from the stored one: one tie broken the other way by float rounding on another thread count
+
+def world_runs(experiment:str, # an experiment of `EXPERIMENTS`
+               benchmark:str, # its world format
+               world:int=0, # the world's seed
+               bb=None, # the backbone: when given, the file's key must be the current one
+               root:str|Path|None=None, profile:str|dict='small')->pd.DataFrame:
+    "One world's stored runs in the runner's layout (`tidy_runs`: method, setting, split, metric, seed, value)."
+    e = _check(experiment, benchmark)
+    f = _file(Path(root or results_dir()), e.name, benchmark, int(world), profile)
+    if not f.is_file(): raise FileNotFoundError(f"{f}: the store holds no {experiment!r} on the {benchmark} world {world}: run measure({experiment!r}, {benchmark!r}, {world})")
+    t = read_rows(f)
+    if bb is not None and not (t.key == world_key(e, benchmark, int(world), bb, profile)).all():
+        raise ValueError(f"{f} was measured with other settings, world code or backbone: run measure({experiment!r}, {benchmark!r}, {world})")
+    return t.rename(columns={'query': 'split', 'run': 'seed'})[['method', 'setting', 'split', 'metric', 'seed', 'value']]
+
+def check_live(stored:pd.DataFrame, # `world_runs`
+               live:pd.DataFrame, # `tidy_runs` of some of the same runs, computed now
+               tol:float=LIVE_TOL)->pd.DataFrame:
+    "The live runs beside the stored ones (method, split, metric, seed, stored, live); an error naming the first that differs by more than `tol`."
+    on = ['method', 'split', 'metric', 'seed']
+    m = stored.rename(columns={'value': 'stored'}).merge(live.rename(columns={'value': 'live'})[on + ['live']], on=on)
+    if m.empty: raise ValueError(f"the live runs share no (method, split, metric, run) with the store (live methods {sorted(set(live.method))}, runs {sorted(set(live.seed))})")
+    if len(m) < len(live):
+        lone = live.merge(stored[on], on=on, how='left', indicator=True)
+        raise ValueError(f"{len(live) - len(m)} live rows have no stored row, e.g. {lone[lone._merge == 'left_only'].iloc[0][on].to_dict()}")
+    bad = m[(m.stored - m.live).abs() > tol]
+    if len(bad): raise AssertionError(f"{len(bad)} live numbers differ from the store by more than {tol}; first: {bad.iloc[0].to_dict()}")
+    return m
+
+def stored_table(experiment:str, benchmark:str, world:int=0,
+                 live:pd.DataFrame|None=None, # fresh `tidy_runs` of some of the runs: checked against the store (`check_live`)
+                 spread:str='se', # 'se' or 'std' over runs (see `over_runs`)
+                 setting:str|None=None, # only this setting's rows
+                 order:list|None=None, # the methods' order (default: the live runs', else the store's)
+                 **kw, # `world_runs`' bb, root, profile
+                )->pd.DataFrame:
+    "One world's table from the store, as the runner gives it (`over_runs`): mean and spread over runs per method, split and metric."
+    from polar_nb.experiments import over_runs
+    runs = world_runs(experiment, benchmark, world, **kw)
+    if setting is not None: runs = runs[runs.setting == setting]
+    if live is not None: check_live(runs, live)
+    if order is None and live is not None: order = list(dict.fromkeys(live.method))
+    if order is not None:
+        rank = {m: i for i, m in enumerate(order)}  # the methods named first, in that order, the others after
+        runs = runs.sort_values('method', key=lambda m: m.map(rank).fillna(len(rank)), kind='stable')
+    if live is not None:
+        runs = runs.merge(live.groupby(['method', 'split', 'metric']).n_queries.first().reset_index(), on=['method', 'split', 'metric'], how='left')
+    else: runs = runs.assign(n_queries=np.nan)
+    return over_runs(runs, spread)
+
+
+# %%
+st = world_runs('main', 'pervl', 0)
+test_eq(sorted(st.seed.unique()), list(RUNS))
+tab = stored_table('main', 'pervl', 0)
+test_eq(tab.n_runs.unique().tolist(), [len(RUNS)])
+v = st.query("method == 'POLAR' and split == 'concept' and metric == 'map'").value
+test_close(tab.query("method == 'POLAR' and split == 'concept' and metric == 'map'")['mean'].item(), v.mean(), eps=1e-12)
+fake = st[st.seed == 0].assign(n_queries=10)
+test_eq(len(check_live(st, fake)), len(fake))
+test_fail(lambda: check_live(st, fake.assign(value=fake.value + 0.05)), contains='differ from the store')
+test_fail(lambda: check_live(st, fake.assign(seed=7)), contains='share no')
+test_fail(lambda: world_runs('main', 'pervl', 99), contains="measure('main', 'pervl', 99)")
+test_eq(stored_table('main', 'pervl', 0, live=fake).n_queries.unique().tolist(), [10])
+test_eq(stored_table('main', 'pervl', 0, order=['POLAR', 'image']).method.unique()[:2].tolist(), ['POLAR', 'image'])
 
 
 # %% [markdown]

@@ -212,11 +212,11 @@ PAPER_ROWS = dict(rank={f'rank {r}': str(r) for r in (1, 2, 4, 8, 16)}, layers={
 # %% [markdown]
 # ## A small version of every table
 #
-# What CI runs: two λs, 20 iterations, the three validation concepts of the ConCon-Chi world and
+# What CI runs: two λs, 10 iterations, the three validation concepts of the ConCon-Chi world and
 # two of the PerVL world's, three test concepts of each. The full sweeps follow.
 
 # %%
-CI = dict(lams=[0, 1], iters=20, cache=cache)
+CI = dict(lams=[0, 1], iters=10, cache=cache)
 t0 = time.perf_counter()
 ci = {'11': ablate(RANKS, bench=cc, bb=bb, test_concepts=cc.concepts[3:6], **CI),
       '12': ablate(LAYERS, bench=cc, bb=bb, test_concepts=cc.concepts[3:6], **CI),
@@ -232,7 +232,7 @@ for (t, a), s in zip(ci.items(), (RANKS, LAYERS, WEIGHTS, PV_WEIGHTS)):
     assert a['test'][['context_mrr', 'concept_map', 'caption_r@10']].stack().between(0, 1).all()
 b13 = beside_paper(ci['13'], '13', 'params', PAPER_ROWS['params'])
 test_eq(b13.loc[b13.name == 'V', 'paper λ'].item(), '0.35'); assert b13.loc[b13.name.str.contains('exact'), 'paper λ'].isna().all()
-fig = lam_figure(ci['13'], 'CI version: Tab. 13 on the ConCon-Chi world (3 validation concepts, 20 iterations)')
+fig = lam_figure(ci['13'], 'CI version: Tab. 13 on the ConCon-Chi world (3 validation concepts, 10 iterations)')
 
 # %% [markdown]
 # ## The full sweeps

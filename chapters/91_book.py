@@ -173,20 +173,43 @@ for p in cfg['chapters']: test_eq(unmarked_flagged_cells(p, skip_flags(find_root
 # A chapter runs top to bottom in a fresh kernel, from its own folder (like nbdev and nbval), with
 # flagged cells skipped: they keep the outputs committed with the notebook (a GPU timing, say), so
 # the book still shows them.
+#
+#
+# A chapter's last cell exports the library (`nbdev.nbdev_export()`), for a reader editing it in
+# Jupyter. The book and the test suite do not run it: it checks nothing, it rewrites the
+# package's files while other chapters import them, and it costs seconds per chapter. CI exports
+# once, before the tests, and fails when that changes a committed file.
 
 # %%
 #| export
 from nbclient import NotebookClient
 
+_EXPORT = re.compile(r'(import nbdev\s*[;\n]\s*)?nbdev\.nbdev_export\(\)\s*;?')
+
+def is_export_cell(cell)->bool:
+    "True for a code cell that only exports the library (`import nbdev; nbdev.nbdev_export()`, directives and comments aside)."
+    code = '\n'.join(l for l in cell.get('source', '').splitlines() if l.strip() and not l.lstrip().startswith('#'))
+    return cell.get('cell_type') == 'code' and bool(_EXPORT.fullmatch(code.strip()))
+
 class FlagSkippingClient(NotebookClient):
-    "An nbclient executor that leaves code cells flagged with one of `skip` unexecuted."
+    "An nbclient executor that leaves code cells flagged with one of `skip`, and the export cell, unexecuted."
     def __init__(self, nb, skip=(), **kw):
         super().__init__(nb, **kw)
         self.skip = set(skip)
 
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
-        if cell.cell_type=='code' and set(directives(cell)) & self.skip: return cell
+        if cell.cell_type=='code' and (set(directives(cell)) & self.skip or is_export_cell(cell)): return cell
         return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+
+
+# %%
+new = nbformat.v4.new_code_cell
+assert is_export_cell(new('#| hide\nimport nbdev; nbdev.nbdev_export()'))
+assert is_export_cell(new('import nbdev\nnbdev.nbdev_export()'))
+assert not is_export_cell(new('import nbdev; nbdev.nbdev_export(); x = 1'))
+assert not is_export_cell(new('print(1)')) and not is_export_cell(nbformat.v4.new_markdown_cell('nbdev.nbdev_export()'))
+test_eq([p for p in cfg['chapters'] if not any(is_export_cell(c) for c in nbformat.read(p, as_version=4).cells)
+         and any('nbdev_export' in c.source for c in nbformat.read(p, as_version=4).cells if c.cell_type == 'code')], [])
 
 
 # %%
@@ -212,12 +235,14 @@ with tempfile.TemporaryDirectory() as d:
         nbformat.v4.new_code_cell('import os; print(os.path.basename(os.getcwd()))'),
         nbformat.v4.new_code_cell('#| slow\n# NBVAL_SKIP\nraise RuntimeError("never runs")', outputs=[
             nbformat.v4.new_output('stream', name='stdout', text='kept from an earlier run\n')]),
-        nbformat.v4.new_code_cell('6*7')])
+        nbformat.v4.new_code_cell('6*7'),
+        nbformat.v4.new_code_cell('#| hide\nimport nbdev; nbdev.nbdev_export()')])
     nbformat.write(nb, Path(d)/'t.ipynb')
     ran = execute_chapter(Path(d)/'t.ipynb', skip={'slow'})
     test_eq(ran.cells[0].outputs[0].text.strip(), Path(d).name)
     test_eq(ran.cells[1].outputs[0].text, 'kept from an earlier run\n')
     test_eq(ran.cells[2].outputs[0].data['text/plain'], '42')
+    test_eq(ran.cells[3].outputs, [])  # the export cell is not run
 
 # %% [markdown]
 # ## Executing the book: in parallel, and once per change
@@ -736,6 +761,29 @@ assert 'https://cdn' not in page and '<script src="http' not in page  # nothing 
 assert 'default_exp' not in page and 'NBVAL_SKIP' not in page  # directives are not shown
 len(page)
 
+
+# %% [markdown]
+# ## How the tests are split, and how to run each part
+#
+# `bash scripts/test.sh` (the README's test command, which CI runs after checking that
+# `nbdev-export` and `nbdev-clean` change nothing) runs two parts in one pytest session, on two
+# processes (pytest-xdist, each file whole on one process, one torch thread each), and ends with the
+# 25 slowest tests and cells:
+#
+# - `tests/`: the library's checks that need more than a chapter shows: bad input, kill-and-resume,
+#   Ray against local, the real file formats, the browser test, and one end-to-end run of the real
+#   ViT-B/32 architecture (random weights) through training, saving, loading and search
+#   (`tests/test_library.py::test_vit_b_32_end_to_end`).
+# - `nbs/`: every chapter's CI-scale cells, with nbval. `slow` and `cuda` cells carry
+#   `# NBVAL_SKIP` and keep their stored outputs; the export cell at the end of a chapter is
+#   skipped (`is_export_cell`). The result chapters read their five-run tables of world 0 from the
+#   [results store](15_results.ipynb) and run run 0 again, which must equal the stored numbers.
+#
+# Every chapter and test of a run shares one cache folder (`.cache/polar_nb`, or `POLAR_CACHE_DIR`),
+# keyed by content. One part alone: `.venv/bin/python -m pytest tests`; one chapter:
+# `.venv/bin/python -m pytest nbs/21_main_results.ipynb --nbval-lax --nbval-current-env`; one
+# process: `TEST_WORKERS=1 bash scripts/test.sh`. The full runs are not part of the suite:
+# `polar-nb book --full` executes the `slow` cells, and `measure_worlds` the store's experiments.
 
 # %% [markdown]
 # ## The whole book

@@ -11,6 +11,7 @@ from polar_nb.sweep import Grid, personalize_many, run_sweep, VALIDATION_CONCEPT
 from polar_nb.world import make_benchmark
 
 GRID = dict(param=['v', 'o', ('v', 'o')], lam=[0, 0.01, 0.1, 0.35, 1], iters=25)
+SMALL = dict(param=['v', ('v', 'o')], lam=[0, 0.1, 1], iters=25)  # for the kill-and-resume and Ray tests: several batches, fewer runs
 
 @pytest.fixture(scope='module')
 def bb(): return load_backbone('world-tiny', device='cpu')
@@ -23,6 +24,11 @@ def world(tmp_path_factory):
 def reference(bb, world, tmp_path_factory):
     "The uninterrupted local sweep."
     return run_sweep(Grid(**GRID), ConConChi(world), bb, 'validation', cache=tmp_path_factory.mktemp('ref'), batch_size=4)
+
+@pytest.fixture(scope='module')
+def small_reference(bb, world, tmp_path_factory):
+    "The uninterrupted local sweep of `SMALL`."
+    return run_sweep(Grid(**SMALL), ConConChi(world), bb, 'validation', cache=tmp_path_factory.mktemp('small'), batch_size=4)
 
 def metrics(t): return t.drop(columns=['seconds'])
 
@@ -63,33 +69,33 @@ run_sweep(Grid(**{grid!r}), ConConChi({world!r}), bb, 'validation', cache={cache
 print('finished', flush=True)
 '''
 
-def test_sigkill_resumes_to_the_same_table(bb, world, reference, tmp_path):
+def test_sigkill_resumes_to_the_same_table(bb, world, small_reference, tmp_path):
     cache = tmp_path/'cache'
-    code = textwrap.dedent(SCRIPT.format(grid=GRID, world=str(world), cache=str(cache)))
+    code = textwrap.dedent(SCRIPT.format(grid=SMALL, world=str(world), cache=str(cache)))
     p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     runs = cache/'sweep'
     t0 = time.time()
     while time.time() - t0 < 240 and p.poll() is None and len(list(runs.glob('*.json')) if runs.is_dir() else []) < 3: time.sleep(0.02)
     os.kill(p.pid, signal.SIGKILL); p.wait()
     n_before = len(list(runs.glob('*.json')))
-    assert p.returncode == -signal.SIGKILL and 3 <= n_before < len(reference), (p.returncode, n_before)  # killed mid-way
-    resumed = run_sweep(Grid(**GRID), ConConChi(world), bb, 'validation', cache=cache, batch_size=1)
-    pd.testing.assert_frame_equal(metrics(resumed), metrics(reference), check_exact=False, rtol=1e-5, atol=1e-6)
-    assert len(list(runs.glob('*.json'))) == len(reference)
+    assert p.returncode == -signal.SIGKILL and 3 <= n_before < len(small_reference), (p.returncode, n_before)  # killed mid-way
+    resumed = run_sweep(Grid(**SMALL), ConConChi(world), bb, 'validation', cache=cache, batch_size=1)
+    pd.testing.assert_frame_equal(metrics(resumed), metrics(small_reference), check_exact=False, rtol=1e-5, atol=1e-6)
+    assert len(list(runs.glob('*.json'))) == len(small_reference)
     assert not list(runs.glob('.*.tmp'))  # no half-written file is left
     t0 = time.perf_counter()
-    again = run_sweep(Grid(**GRID), ConConChi(world), bb, 'validation', cache=cache, batch_size=1)
+    again = run_sweep(Grid(**SMALL), ConConChi(world), bb, 'validation', cache=cache, batch_size=1)
     pd.testing.assert_frame_equal(again, resumed)  # finished: read back, not recomputed (the stored seconds too)
 
-def test_ray_equals_local(bb, world, reference, tmp_path):
+def test_ray_equals_local(bb, world, small_reference, tmp_path):
     ray = pytest.importorskip('ray')
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        on_ray = run_sweep(Grid(**GRID), ConConChi(world), bb, 'validation', executor='ray', cache=tmp_path, batch_size=4)
+        on_ray = run_sweep(Grid(**SMALL), ConConChi(world), bb, 'validation', executor='ray', cache=tmp_path, batch_size=4)
     finally: ray.shutdown()
-    pd.testing.assert_frame_equal(metrics(on_ray), metrics(reference), check_exact=False, rtol=1e-5, atol=1e-6)
-    assert len(list((tmp_path/'sweep').glob('*.json'))) == len(reference)  # written to the same kind of cache
-    local = run_sweep(Grid(**GRID), ConConChi(world), bb, 'validation', cache=tmp_path, batch_size=4)
+    pd.testing.assert_frame_equal(metrics(on_ray), metrics(small_reference), check_exact=False, rtol=1e-5, atol=1e-6)
+    assert len(list((tmp_path/'sweep').glob('*.json'))) == len(small_reference)  # written to the same kind of cache
+    local = run_sweep(Grid(**SMALL), ConConChi(world), bb, 'validation', cache=tmp_path, batch_size=4)
     pd.testing.assert_frame_equal(local, on_ray)  # a local sweep reads what Ray computed
 
 def test_a_diverging_run_is_recorded_not_fatal(bb, world, tmp_path):
