@@ -5,7 +5,18 @@ every cell that has outputs ("Unrun reference cell has outputs"), even with --nb
 outputs are not compared unless a cell asks for it with `# NBVAL_CHECK_OUTPUT`. Mark such cells as
 run when nbval collects them; the files are not touched. The export cell that ends a chapter
 is skipped (see `pytest_collection_modifyitems`).
+
+Files run longest first, so that two workers finish together: `tests/durations.json` holds the
+seconds each test file and chapter took in a measured run (used for the order only; a file it does
+not list runs after those it does). `POLAR_TEST_DURATIONS=FILE bash scripts/test.sh` writes a
+new one from the run.
 """
+import json, os
+from collections import defaultdict
+from pathlib import Path
+
+DURATIONS = Path(__file__).resolve().parent/'tests'/'durations.json'
+_took = defaultdict(float)
 try: from nbval.plugin import IPyNbFile
 except ImportError: IPyNbFile = None
 
@@ -28,3 +39,18 @@ def pytest_collection_modifyitems(config, items):
         cell = getattr(item, 'cell', None)
         if cell is not None and is_export_cell(cell):
             item.add_marker(pytest.mark.skip(reason='the export cell: CI runs nbdev-export once, before the tests'))
+    try: took = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    except ValueError: took = {}
+    first = {}
+    for i, item in enumerate(items): first.setdefault(_file(item), i)
+    items.sort(key=lambda it: (-float(took.get(_file(it), 0)), first[_file(it)]))  # stable: a file's items keep their order
+
+def _file(item): return item.nodeid.split('::')[0]
+
+def pytest_runtest_logreport(report):
+    if os.environ.get('POLAR_TEST_DURATIONS'): _took[report.nodeid.split('::')[0]] += report.duration
+
+def pytest_sessionfinish(session):
+    out = os.environ.get('POLAR_TEST_DURATIONS')
+    if out and _took and not hasattr(session.config, 'workerinput'):  # the controller sees every report
+        Path(out).write_text(json.dumps({k: round(v, 1) for k, v in sorted(_took.items(), key=lambda kv: -kv[1])}, indent=1) + '\n')

@@ -189,7 +189,7 @@ repo_ini = find_settings()
 test_eq(repo_ini.name, 'settings.ini')
 test_eq(repo_ini, Path('..').resolve()/'settings.ini')
 test_fail(lambda: find_settings(env={'POLAR_SETTINGS': ''}), contains='POLAR_SETTINGS is empty')
-repo_ini
+repo_ini.relative_to(Path('..').resolve())  # shown relative to the repository
 
 
 # %%
@@ -280,7 +280,8 @@ def get_settings(path:str|Path|None=None, # settings file (default: `find_settin
 
 # %%
 s = get_settings()
-s
+here = Path('..').resolve()  # the repository: paths are shown relative to it
+{k: (v.relative_to(here) if isinstance(v, Path) and v.is_relative_to(here) else v) for k, v in vars(s).items()}
 
 # %%
 test_eq(s.profile, 'small')
@@ -315,7 +316,7 @@ test_eq(get_settings(env={'POLAR_PRETRAINED': ''}).pretrained, '')
 missing = get_settings(env={'POLAR_PROFILE': 'paper', 'POLAR_CONCONCHI_ROOT': '/nonexistent/conconchi'})
 test_fail(lambda: missing.data_root('conconchi'), contains='/nonexistent/conconchi')
 try: missing.data_root('conconchi')
-except FileNotFoundError as e: print(e)
+except FileNotFoundError as e: print(str(e).replace(f'{here}/', ''))  # the repository's path left out
 
 # %%
 import tempfile

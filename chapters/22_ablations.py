@@ -308,7 +308,8 @@ from IPython.display import Markdown
 store = results(experiment='ablations')
 tab = over_worlds(store[store['query'] != 'validation'], [('context-single', 'mrr'), ('context-single', 'r@1'), ('concept', 'map'), ('vlm-caption', 'r@10')], index=('table', 'setting'))
 lams = store[store.metric == 'chosen lambda'].sort_values('world').groupby(['table', 'setting'], sort=False).value.agg(lambda x: ', '.join(f'{v:g}' for v in x))
-tab.assign(**{'λ chosen per world': lams})
+tab[('λ chosen per world', '')] = lams
+tab
 
 # %% [markdown]
 # ## What we found

@@ -232,7 +232,7 @@ def test_the_shipped_store_judges_every_claim():
     v = verdicts()
     assert len(v) >= 30 and set(v.verdict) <= set(VERDICTS)
     assert (v.n_worlds >= 5).all(), v[v.n_worlds < 5][['claim', 'n_worlds']]
-    for r in v.itertuples(): assert r.verdict == judge(r.paper_sign, r.lo, r.hi)
+    for r in v.itertuples(): assert r.verdict == judge(r.paper_sign, r.lo, r.hi, None if r.margin != r.margin else r.margin)
 
 def test_map_numbers_from_a_store(tmp_path):
     res = _store(tmp_path, [.05, .04, .06]).assign(backbone='world-tiny')
