@@ -8,7 +8,7 @@ is skipped (see `pytest_collection_modifyitems`).
 
 Files run longest first, so that two workers finish together: `tests/durations.json` holds the
 seconds each test file and chapter took in a measured run (used for the order only; a file it does
-not list runs after those it does). `POLAR_TEST_DURATIONS=FILE bash scripts/test.sh` writes a
+not list runs after those it does). `TEST_DURATIONS=FILE bash scripts/test.sh` writes a
 new one from the run.
 """
 import json, os
@@ -48,9 +48,9 @@ def pytest_collection_modifyitems(config, items):
 def _file(item): return item.nodeid.split('::')[0]
 
 def pytest_runtest_logreport(report):
-    if os.environ.get('POLAR_TEST_DURATIONS'): _took[report.nodeid.split('::')[0]] += report.duration
+    if os.environ.get('TEST_DURATIONS'): _took[report.nodeid.split('::')[0]] += report.duration
 
 def pytest_sessionfinish(session):
-    out = os.environ.get('POLAR_TEST_DURATIONS')
+    out = os.environ.get('TEST_DURATIONS')
     if out and _took and not hasattr(session.config, 'workerinput'):  # the controller sees every report
         Path(out).write_text(json.dumps({k: round(v, 1) for k, v in sorted(_took.items(), key=lambda kv: -kv[1])}, indent=1) + '\n')

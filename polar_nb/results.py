@@ -433,7 +433,7 @@ def claims()->list[Claim]:
         out += _pair(f'V ahead of {p}', '13', '22_ablations', 'ablations', 'conconchi', ('POLAR', 'params=V'), ('POLAR', f'params={p}'),
                      ('Ours', 'params=V'), ('Ours', f'params={p}'), ab)
     for q, t in (('vlm-caption', '17'), ('general', '18'), ('discriminative-caption', '19')):  # general knowledge kept: a loss below the tolerance
-        for c in _pair(f"POLAR's update costs under {KNOWLEDGE_MARGIN:g} points of the original encoder's recall (Tab. {t})", t, '26_general_knowledge',
+        for c in _pair(f"POLAR's update costs under {KNOWLEDGE_MARGIN:g} points of the original encoder's recall", t, '26_general_knowledge',
                        'knowledge', 'conconchi', ('original CLIP', None), ('POLAR', None), ('Original CLIP', None), ('Ours', None), [(q, f'r@{k}') for k in (1, 5, 10)]):
             out.append(dataclasses.replace(c, margin=KNOWLEDGE_MARGIN))
     cap = lambda m: Side('cap', m, 'personal', 'r@1', {}, benchmark='collections')
