@@ -456,6 +456,7 @@ def world_runs(experiment:str, # an experiment of `EXPERIMENTS`
                root:str|Path|None=None, profile:str|dict='small')->pd.DataFrame:
     "One world's stored runs in the runner's layout (`tidy_runs`: method, setting, split, metric, seed, value)."
     e = _check(experiment, benchmark)
+    if not (isinstance(world, (int, np.integer)) and world >= 0): raise ValueError(f"world must be an integer ≥ 0, not {world!r}")
     f = _file(Path(root or results_dir()), e.name, benchmark, int(world), profile)
     if not f.is_file(): raise FileNotFoundError(f"{f}: the store holds no {experiment!r} on the {benchmark} world {world}: run measure({experiment!r}, {benchmark!r}, {world})")
     t = read_rows(f)
@@ -511,6 +512,7 @@ test_eq(len(check_live(st, fake)), len(fake))
 test_fail(lambda: check_live(st, fake.assign(value=fake.value + 0.05)), contains='differ from the store')
 test_fail(lambda: check_live(st, fake.assign(seed=7)), contains='share no')
 test_fail(lambda: world_runs('main', 'pervl', 99), contains="measure('main', 'pervl', 99)")
+test_fail(lambda: world_runs('main', 'pervl', -1), contains='world must be')
 test_eq(stored_table('main', 'pervl', 0, live=fake).n_queries.unique().tolist(), [10])
 test_eq(stored_table('main', 'pervl', 0, order=['POLAR', 'image']).method.unique()[:2].tolist(), ['POLAR', 'image'])
 

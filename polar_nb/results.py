@@ -320,6 +320,7 @@ def world_runs(experiment:str, # an experiment of `EXPERIMENTS`
                root:str|Path|None=None, profile:str|dict='small')->pd.DataFrame:
     "One world's stored runs in the runner's layout (`tidy_runs`: method, setting, split, metric, seed, value)."
     e = _check(experiment, benchmark)
+    if not (isinstance(world, (int, np.integer)) and world >= 0): raise ValueError(f"world must be an integer ≥ 0, not {world!r}")
     f = _file(Path(root or results_dir()), e.name, benchmark, int(world), profile)
     if not f.is_file(): raise FileNotFoundError(f"{f}: the store holds no {experiment!r} on the {benchmark} world {world}: run measure({experiment!r}, {benchmark!r}, {world})")
     t = read_rows(f)
